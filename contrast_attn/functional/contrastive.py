@@ -1,0 +1,481 @@
+"""NT-Xent (SimCLR) and supervised contrastive (SupCon) losses.
+
+Both losses share one core, :func:`contrastive_rows`: for each anchor row it
+computes the log-softmax of its cosine similarities to every *other* row and
+averages over the anchor's positives. NT-Xent is the special case in which the
+positives of a view are the other views of the same sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._reduction import reduce_loss
+from .._tiled import contrastive_rows_tiled, default_chunk_size
+from ..distributed import all_reduce_sum, gather_no_grad, gather_with_grad, rank_and_world_size
+
+__all__ = ["Positives", "contrastive_rows", "nt_xent_loss", "supcon_loss", "supcon_loss_and_count"]
+
+VARIANTS = ("out", "in")
+NO_POSITIVE = ("ignore", "zero", "error")
+
+# Above this many anchor-key pairs the tiled kernel is used automatically
+# (the dense path would hold several [n, N] float32 matrices at once).
+DENSE_MAX_PAIRS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class Positives:
+    """The positive relation between anchor rows and key rows.
+
+    Exactly one of the two forms is set: integer labels of the key rows ``[N]``
+    (anchor ``i`` has the label of its key, ``key_labels[anchor_index[i]]``, and a
+    pair is positive when the labels are equal), or an explicit ``[n, N]`` bool
+    matrix. The pair of a row with itself is never positive.
+    """
+
+    key_labels: torch.Tensor | None = None
+    matrix: torch.Tensor | None = None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # float16/bfloat16 similarities overflow exp() at low temperature: use float32.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _dense_rows(
+    keys: torch.Tensor,
+    anchor_index: torch.Tensor,
+    positives: Positives,
+    temperature: float,
+    variant: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = keys[anchor_index] @ keys.T / temperature
+    key_index = torch.arange(keys.shape[0], device=keys.device)
+    is_self = key_index[None, :] == anchor_index[:, None]
+    log_prob = logits.masked_fill(is_self, float("-inf")).log_softmax(dim=1)
+    if positives.matrix is not None:
+        pos = positives.matrix & ~is_self
+    else:
+        labels = positives.key_labels
+        assert labels is not None
+        pos = (labels[anchor_index][:, None] == labels[None, :]) & ~is_self
+    num_pos = pos.sum(dim=1)
+    count = num_pos.clamp(min=1).to(log_prob.dtype)
+    if variant == "out":
+        loss = -torch.where(pos, log_prob, 0.0).sum(dim=1) / count
+    else:
+        # Rows without a positive get a finite filler so that no NaN gradient appears.
+        filler = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(log_prob.dtype)
+        log_mean_pos = torch.where(pos, log_prob, filler).logsumexp(dim=1) - count.log()
+        loss = torch.where(num_pos > 0, -log_mean_pos, 0.0)
+    return loss, num_pos
+
+
+def contrastive_rows(
+    keys: torch.Tensor,
+    anchor_index: torch.Tensor,
+    positives: Positives,
+    *,
+    temperature: float,
+    variant: str = "out",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor supervised-contrastive loss of unit-norm rows (internal core).
+
+    .. math::
+        \\ell_i^{out} = -\\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\log \\frac{\\exp(a_i \\cdot k_p / \\tau)}{\\sum_{j \\ne i} \\exp(a_i \\cdot k_j / \\tau)},
+        \\qquad
+        \\ell_i^{in} = -\\log \\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\frac{\\exp(a_i \\cdot k_p / \\tau)}{\\sum_{j \\ne i} \\exp(a_i \\cdot k_j / \\tau)}
+
+    where anchor :math:`a_i` is key ``keys[anchor_index[i]]`` and :math:`j \\ne i`
+    runs over every key except the anchor itself. Anchors with no positive get loss 0.
+    Every loss of this package that contrasts rows (NT-Xent, SupCon, the
+    contrastive feature regulariser) is this function plus a reduction.
+
+    Args:
+        keys: ``[N, D]`` L2-normalised rows (float32 or float64).
+        anchor_index: ``[n]`` long, the rows of ``keys`` that serve as anchors.
+        positives: The positive relation.
+        temperature: :math:`\\tau > 0`.
+        variant: ``"out"`` or ``"in"``.
+        chunk_size: Rows per tile; ``None`` picks the dense path for small problems
+            and the tiled kernel above :data:`DENSE_MAX_PAIRS` pairs.
+
+    Returns:
+        ``(loss [n], num_positives [n])``.
+    """
+    n, big_n = anchor_index.shape[0], keys.shape[0]
+    if chunk_size is None and (n * big_n <= DENSE_MAX_PAIRS or positives.matrix is not None):
+        # Small problems, or an explicit mask (already n*N): the dense path is as lean.
+        return _dense_rows(keys, anchor_index, positives, temperature, variant)
+    tile = chunk_size if chunk_size is not None else default_chunk_size(big_n)
+    return contrastive_rows_tiled(
+        keys,
+        anchor_index,
+        positives.key_labels,
+        positives.matrix,
+        temperature,
+        variant,
+        tile,
+    )
+
+
+def _check_common(
+    temperature: float,
+    reduction: str,
+    gather: bool,
+    chunk_size: int | None,
+) -> float:
+    temperature = _checks.check_float(temperature, "temperature", low=0.0, low_inclusive=False)
+    _checks.check_reduction(reduction)
+    if not isinstance(gather, bool):
+        raise TypeError(f"gather must be a bool, got {type(gather).__name__}")
+    if chunk_size is not None:
+        _checks.check_int(chunk_size, "chunk_size", low=1)
+    return temperature
+
+
+def _supcon(
+    views: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    *,
+    temperature: float,
+    scale: float,
+    variant: str,
+    no_positive: str,
+    reduction: str,
+    gather: bool,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated ``[B, V, D]`` views → (loss, number of anchors without a positive)."""
+    batch, num_views, _ = views.shape
+    rank, world = rank_and_world_size() if gather else (0, 1)
+    device = views.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        z = F.normalize(views.to(_compute_dtype(views)), dim=-1)
+        z_all = gather_with_grad(z) if gather else z
+        global_batch = z_all.shape[0]
+        offset = rank * batch
+        # Rows are view-major, as torch.cat([view_0, view_1, ...]): row = v * B + b.
+        keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
+        sample = torch.arange(batch, device=device)
+        anchor_index = (
+            torch.arange(num_views, device=device)[:, None] * global_batch + offset + sample
+        ).reshape(-1)
+        if mask is not None:
+            positives = Positives(matrix=mask.repeat(num_views, num_views))
+        elif labels is not None:
+            all_labels = gather_no_grad(labels) if gather else labels
+            positives = Positives(key_labels=all_labels.repeat(num_views))
+        else:
+            sample_id = torch.arange(global_batch, device=device)
+            positives = Positives(key_labels=sample_id.repeat(num_views))
+        loss, num_pos = contrastive_rows(
+            keys,
+            anchor_index,
+            positives,
+            temperature=temperature,
+            variant=variant,
+            chunk_size=chunk_size,
+        )
+    if scale != 1.0:
+        loss = loss * scale
+    has_pos = num_pos > 0
+    num_without = (~has_pos).sum()
+    if no_positive == "error" and not torch.compiler.is_compiling() and int(num_without) > 0:
+        raise ValueError(
+            f"{int(num_without)} of {loss.shape[0]} anchors have no positive (no other row "
+            f"with the same label); pass no_positive='ignore' or 'zero' to allow this"
+        )
+    if reduction != "mean":
+        return reduce_loss(loss, reduction), num_without
+    counted = has_pos.sum() if no_positive == "ignore" else torch.tensor(loss.shape[0], device=device)
+    if gather:
+        # Global count / world size: the mean over ranks of the rank losses is the global mean.
+        return reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without
+    return reduce_loss(loss, "mean", counted), num_without
+
+
+def _check_batch(batch: int, gather: bool) -> None:
+    world = rank_and_world_size()[1] if gather else 1
+    if batch * world < 2:
+        raise ValueError(
+            f"the batch must hold at least 2 samples (a contrastive loss needs negatives), "
+            f"got batch size {batch}"
+        )
+
+
+def nt_xent_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.5,
+    reduction: str = "mean",
+    gather: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR.
+
+    Embeddings are L2-normalised inside. The :math:`N = VB` rows (view-major:
+    row :math:`vB + b` is view :math:`v` of sample :math:`b`) are all anchors; the
+    positives of a row are the other views of the same sample, and the denominator
+    runs over every other row:
+
+    .. math::
+        \\ell_i = -\\frac{1}{V - 1} \\sum_{p \\in P(i)}
+            \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{k \\ne i} \\exp(z_i \\cdot z_k / \\tau)},
+        \\qquad \\mathcal{L} = \\frac{1}{N} \\sum_{i=1}^{N} \\ell_i .
+
+    For :math:`V = 2` this is SimCLR's loss, numerically equal to lightly's and
+    pytorch-metric-learning's ``NTXentLoss`` at the same temperature. The
+    similarities and log-sum-exp are computed in float32 (float64 for float64
+    input), also under fp16/bf16 autocast.
+
+    Args:
+        z1: ``[B, D]`` first view, or ``[B, V, D]`` with all ``V >= 2`` views.
+        z2: ``[B, D]`` second view, or ``None`` when ``z1`` holds all views.
+        temperature: :math:`\\tau > 0`.
+        reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` for the
+            ``[V * B]`` per-anchor losses in view-major order.
+        gather: All-gather embeddings across ``torch.distributed`` ranks (with
+            gradients); each rank's anchors see the global batch, and the mean of
+            the ranks' losses equals the single-process loss on the whole batch.
+        chunk_size: Rows per tile of the memory-bounded kernel; ``None`` chooses
+            automatically (dense for small batches).
+
+    Returns:
+        A scalar, or ``[V * B]`` with ``reduction="none"``.
+
+    Raises:
+        TypeError: Non-tensor or non-floating embeddings.
+        ValueError: Mismatched view shapes, fewer than 2 views, batch of 1,
+            non-finite embeddings, bad temperature or reduction.
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", ICML 2020 (arXiv:2002.05709).
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.functional import nt_xent_loss
+        >>> _ = torch.manual_seed(0)
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss = nt_xent_loss(z1, z2, temperature=0.5)
+        >>> loss.shape
+        torch.Size([])
+        >>> nt_xent_loss(torch.stack([z1, z2], dim=1)).item() == loss.item()
+        True
+    """
+    views = _nt_xent_views(z1, z2)
+    temperature = _check_common(temperature, reduction, gather, chunk_size)
+    _check_batch(views.shape[0], gather)
+    _checks.check_finite(views, "z1" if z2 is None else "z1/z2")
+    loss, _ = _supcon(
+        views,
+        None,
+        None,
+        temperature=temperature,
+        scale=1.0,
+        variant="out",
+        no_positive="zero",
+        reduction=reduction,
+        gather=gather,
+        chunk_size=chunk_size,
+    )
+    return loss
+
+
+def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
+    _checks.check_floating_tensor(z1, "z1")
+    if z2 is None:
+        _checks.check_ndim(z1, "z1", (3,), "[B, V, D] (all views) when z2 is None")
+        if z1.shape[1] < 2:
+            raise ValueError(
+                f"z1 must hold V >= 2 views along dim 1 ([B, V, D]), got V = {z1.shape[1]} "
+                f"(shape {tuple(z1.shape)})"
+            )
+        return z1
+    _checks.check_floating_tensor(z2, "z2")
+    _checks.check_ndim(z1, "z1", (2,), "[B, D] when z2 is given")
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"z1 and z2 must have the same shape [B, D], got {tuple(z1.shape)} and "
+            f"{tuple(z2.shape)}"
+        )
+    if z1.dtype != z2.dtype:
+        raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
+    return torch.stack([z1, z2], dim=1)
+
+
+def _supcon_views(
+    features: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    _checks.check_floating_tensor(features, "features")
+    _checks.check_ndim(features, "features", (2, 3), "[B, D] or [B, V, D]")
+    views = features if features.ndim == 3 else features[:, None]
+    batch = views.shape[0]
+    if views.shape[1] < 1:
+        raise ValueError(f"features must hold at least one view, got shape {tuple(features.shape)}")
+    if labels is not None and mask is not None:
+        raise ValueError("pass either labels or mask to supcon_loss, not both")
+    if labels is not None:
+        labels = _checks.check_labels(labels, "labels", batch).to(views.device)
+    if mask is not None:
+        mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]").to(views.device)
+    if labels is None and mask is None and views.shape[1] < 2:
+        raise ValueError(
+            "supcon_loss without labels or mask needs V >= 2 views ([B, V, D]) so that each "
+            f"anchor has a positive, got features of shape {tuple(features.shape)}"
+        )
+    return views, labels, mask
+
+
+def _check_supcon_args(
+    temperature: float,
+    base_temperature: float | None,
+    variant: str,
+    no_positive: str,
+    reduction: str,
+    gather: bool,
+    chunk_size: int | None,
+) -> tuple[float, float]:
+    """Validate SupCon's hyper-parameters; return ``(temperature, scale)``."""
+    temperature = _check_common(temperature, reduction, gather, chunk_size)
+    _checks.check_choice(variant, "variant", VARIANTS)
+    _checks.check_choice(no_positive, "no_positive", NO_POSITIVE)
+    if base_temperature is None:
+        return temperature, 1.0
+    base = _checks.check_float(base_temperature, "base_temperature", low=0.0, low_inclusive=False)
+    return temperature, temperature / base
+
+
+def supcon_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float | None = None,
+    variant: str = "out",
+    no_positive: str = "ignore",
+    reduction: str = "mean",
+    gather: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Supervised contrastive loss (SupCon) of Khosla et al.
+
+    The :math:`N = VB` rows (view-major) are L2-normalised and all serve as
+    anchors. The positives :math:`P(i)` of row :math:`i` are the other rows with
+    the same label (or ``mask[b_i, b_j] = 1``); the denominator runs over every
+    other row, :math:`A(i) = \\{k \\ne i\\}`. With :math:`s_{ik} = z_i \\cdot z_k / \\tau`:
+
+    .. math::
+        \\ell_i^{out} = -\\frac{\\tau}{\\tau_b} \\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\log \\frac{e^{s_{ip}}}{\\sum_{k \\in A(i)} e^{s_{ik}}},
+        \\qquad
+        \\ell_i^{in} = -\\frac{\\tau}{\\tau_b} \\log \\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\frac{e^{s_{ip}}}{\\sum_{k \\in A(i)} e^{s_{ik}}} .
+
+    ``variant="out"`` (:math:`\\mathcal{L}^{sup}_{out}`, the form of the paper's
+    published code and the better one in its experiments) is the default. With
+    neither labels nor mask the positives are the other views of the same sample
+    and the loss equals :func:`nt_xent_loss`.
+
+    Anchors without a positive (a class present once with ``V = 1``) are handled by
+    ``no_positive``: ``"ignore"`` leaves them out of the mean, ``"zero"`` counts them
+    as 0 (the reference code's behaviour), ``"error"`` raises. Their number is never
+    silent: :class:`~contrast_attn.SupConLoss` records it in
+    ``last_num_anchors_without_positives``.
+
+    Args:
+        features: ``[B, V, D]`` (V views) or ``[B, D]`` (one view) embeddings.
+        labels: ``[B]`` integer class labels, or ``None``.
+        mask: ``[B, B]`` explicit positive relation (bool or 0/1); exclusive with
+            ``labels``. The diagonal is expanded to the other views of a sample.
+        temperature: :math:`\\tau > 0`.
+        base_temperature: :math:`\\tau_b`; ``None`` means :math:`\\tau_b = \\tau`
+            (no scaling). The reference code uses 0.07 for both.
+        variant: ``"out"`` or ``"in"``.
+        no_positive: ``"ignore"``, ``"zero"`` or ``"error"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[V * B]`` per anchor,
+            view-major, 0 for anchors without a positive).
+        gather: All-gather features and labels across ranks (with gradients);
+            not available with ``mask``.
+        chunk_size: Rows per tile of the memory-bounded kernel; ``None`` = automatic.
+
+    Returns:
+        A scalar, or ``[V * B]`` with ``reduction="none"``.
+
+    Raises:
+        TypeError: Wrong types or dtypes (e.g. float labels).
+        ValueError: Bad shapes, both labels and mask, bad hyper-parameters,
+            non-finite features, or (``no_positive="error"``) an anchor without positive.
+
+    References:
+        Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020 (arXiv:2004.11362).
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.functional import supcon_loss
+        >>> _ = torch.manual_seed(0)
+        >>> features = torch.randn(8, 2, 16)            # 8 samples, 2 views
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> supcon_loss(features, labels, temperature=0.1).shape
+        torch.Size([])
+    """
+    return supcon_loss_and_count(
+        features,
+        labels,
+        mask=mask,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        variant=variant,
+        no_positive=no_positive,
+        reduction=reduction,
+        gather=gather,
+        chunk_size=chunk_size,
+    )[0]
+
+
+def supcon_loss_and_count(
+    features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float | None = None,
+    variant: str = "out",
+    no_positive: str = "ignore",
+    reduction: str = "mean",
+    gather: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`supcon_loss` and the number of anchors without a positive (a 0-d long tensor)."""
+    views, labels, mask = _supcon_views(features, labels, mask)
+    temperature, scale = _check_supcon_args(
+        temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
+    )
+    if gather and mask is not None:
+        raise ValueError("gather=True is not available with an explicit mask; pass labels instead")
+    _check_batch(views.shape[0], gather)
+    _checks.check_finite(views, "features")
+    return _supcon(
+        views,
+        labels,
+        mask,
+        temperature=temperature,
+        scale=scale,
+        variant=variant,
+        no_positive=no_positive,
+        reduction=reduction,
+        gather=gather,
+        chunk_size=chunk_size,
+    )

@@ -1,0 +1,169 @@
+"""NT-Xent and SupCon as ``nn.Module`` losses (see :mod:`contrast_attn.functional`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..functional.contrastive import (
+    _check_supcon_args,
+    nt_xent_loss,
+    supcon_loss_and_count,
+)
+
+
+class NTXentLoss(nn.Module):
+    """NT-Xent (SimCLR) loss; see :func:`contrast_attn.functional.nt_xent_loss`.
+
+    .. math::
+        \\ell_i = -\\frac{1}{V - 1} \\sum_{p \\in P(i)}
+            \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{k \\ne i} \\exp(z_i \\cdot z_k / \\tau)}
+
+    Args:
+        temperature: :math:`\\tau > 0` (SimCLR's default 0.5).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather: All-gather across ``torch.distributed`` ranks with gradients.
+        chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+
+    Shape:
+        Called as ``loss(z1, z2)`` with two ``[B, D]`` views or ``loss(views)`` with
+        ``[B, V, D]``; returns a scalar (``[V * B]`` for ``reduction="none"``).
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", ICML 2020.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn import NTXentLoss
+        >>> criterion = NTXentLoss(temperature=0.5)
+        >>> z1 = torch.randn(16, 128, requires_grad=True)
+        >>> z2 = torch.randn(16, 128, requires_grad=True)
+        >>> loss = criterion(z1, z2)
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        *,
+        reduction: str = "mean",
+        gather: bool = False,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        # The same validation as the function, at construction time.
+        _check_supcon_args(temperature, None, "out", "zero", reduction, gather, chunk_size)
+        self.temperature = temperature
+        self.reduction = reduction
+        self.gather = gather
+        self.chunk_size = chunk_size
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+        return nt_xent_loss(
+            z1,
+            z2,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            gather=self.gather,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}, gather={self.gather}"
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss; see :func:`contrast_attn.functional.supcon_loss`.
+
+    .. math::
+        \\ell_i^{out} = -\\frac{\\tau}{\\tau_b} \\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{k \\ne i} \\exp(z_i \\cdot z_k / \\tau)}
+
+    After each call, :attr:`last_num_anchors_without_positives` holds the number
+    of anchors that had no positive (a 0-d long tensor, not synchronised to the
+    host until you read it).
+
+    Args:
+        temperature: :math:`\\tau > 0`.
+        base_temperature: :math:`\\tau_b`, ``None`` = equal to ``temperature``.
+        variant: ``"out"`` (default) or ``"in"``.
+        no_positive: ``"ignore"``, ``"zero"`` or ``"error"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather: All-gather across ``torch.distributed`` ranks with gradients.
+        chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+
+    Shape:
+        ``loss(features, labels=None, mask=None)`` with features ``[B, V, D]`` or
+        ``[B, D]``, labels ``[B]``, mask ``[B, B]``.
+
+    References:
+        Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn import SupConLoss
+        >>> criterion = SupConLoss(temperature=0.1)
+        >>> features = torch.randn(6, 2, 32)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 3])
+        >>> loss = criterion(features, labels)
+        >>> int(criterion.last_num_anchors_without_positives)
+        0
+        >>> loss = criterion(features[:, :1], labels)  # classes 2 and 3 appear once
+        >>> int(criterion.last_num_anchors_without_positives)
+        2
+    """
+
+    last_num_anchors_without_positives: torch.Tensor | None
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        *,
+        base_temperature: float | None = None,
+        variant: str = "out",
+        no_positive: str = "ignore",
+        reduction: str = "mean",
+        gather: bool = False,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_supcon_args(
+            temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
+        )
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+        self.variant = variant
+        self.no_positive = no_positive
+        self.reduction = reduction
+        self.gather = gather
+        self.chunk_size = chunk_size
+        self.last_num_anchors_without_positives = None
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        loss, missing = supcon_loss_and_count(
+            features,
+            labels,
+            mask=mask,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            variant=self.variant,
+            no_positive=self.no_positive,
+            reduction=self.reduction,
+            gather=self.gather,
+            chunk_size=self.chunk_size,
+        )
+        self.last_num_anchors_without_positives = missing.detach()
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"variant={self.variant!r}, no_positive={self.no_positive!r}, "
+            f"reduction={self.reduction!r}, gather={self.gather}"
+        )
