@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "check_bool_mask",
     "check_choice",
+    "check_feature_map",
     "check_finite",
     "check_float",
     "check_floating_tensor",
@@ -31,6 +32,7 @@ __all__ = [
     "check_ndim",
     "check_reduction",
     "check_same_batch",
+    "check_spatial_mask",
     "check_tensor",
     "finite_checks_enabled",
     "set_finite_checks",
@@ -81,20 +83,20 @@ def _describe(value: Any) -> str:
 
 def check_tensor(value: Any, name: str) -> torch.Tensor:
     """Raise TypeError unless ``value`` is a tensor; return it."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
+    if isinstance(value, torch.Tensor):
+        return value
+    raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def check_floating_tensor(value: Any, name: str) -> torch.Tensor:
     """Raise TypeError unless ``value`` is a floating-point tensor; return it."""
-    check_tensor(value, name)
-    if not value.is_floating_point():
+    tensor = check_tensor(value, name)
+    if not tensor.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
-            f"float64), got dtype {value.dtype}"
+            f"float64), got dtype {tensor.dtype}"
         )
-    return value
+    return tensor
 
 
 def check_ndim(value: torch.Tensor, name: str, ndims: Collection[int], layout: str) -> None:
@@ -142,22 +144,22 @@ def check_float(
         TypeError: not a real number (bools are rejected).
         ValueError: NaN, infinite, or outside the interval.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-            value = float(value)
-        else:
-            raise TypeError(f"{name} must be a real number, got {_describe(value)}")
-    value = float(value)
+    scalar_tensor = (
+        isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
+    )
+    if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    number = float(value)
     left = "[" if low_inclusive else "("
     right = "]" if high_inclusive else ")"
     interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
-    too_low = low is not None and (value < low if low_inclusive else value <= low)
-    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {number}")
+    too_low = low is not None and (number < low if low_inclusive else number <= low)
+    too_high = high is not None and (number > high if high_inclusive else number >= high)
     if too_low or too_high:
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
+        raise ValueError(f"{name} must be in {interval}, got {number}")
+    return number
 
 
 def check_int(value: Any, name: str, *, low: int | None = None) -> int:
@@ -184,18 +186,18 @@ def check_reduction(reduction: Any) -> str:
 
 def check_labels(labels: Any, name: str, batch_size: int) -> torch.Tensor:
     """Check integer class labels of shape ``[batch_size]``; return them."""
-    check_tensor(labels, name)
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+    tensor = check_tensor(labels, name)
+    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
         raise TypeError(
             f"{name} must be an integer tensor (e.g. torch.long) of class indices, "
-            f"got dtype {labels.dtype}"
+            f"got dtype {tensor.dtype}"
         )
-    if labels.ndim != 1 or labels.shape[0] != batch_size:
+    if tensor.ndim != 1 or tensor.shape[0] != batch_size:
         raise ValueError(
             f"{name} must have shape [B] = [{batch_size}] (one label per sample), "
-            f"got shape {tuple(labels.shape)}"
+            f"got shape {tuple(tensor.shape)}"
         )
-    return labels
+    return tensor
 
 
 def check_bool_mask(mask: Any, name: str, shape: tuple[int, ...], layout: str) -> torch.Tensor:
@@ -203,14 +205,16 @@ def check_bool_mask(mask: Any, name: str, shape: tuple[int, ...], layout: str) -
 
     Accepts bool tensors and numeric tensors holding only 0 and 1.
     """
-    check_tensor(mask, name)
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name} must have shape {layout} = {list(shape)}, got shape {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if not torch.compiler.is_compiling() and not bool(((mask == 0) | (mask == 1)).all()):
+    tensor = check_tensor(mask, name)
+    if tuple(tensor.shape) != shape:
+        raise ValueError(
+            f"{name} must have shape {layout} = {list(shape)}, got shape {tuple(tensor.shape)}"
+        )
+    if tensor.dtype == torch.bool:
+        return tensor
+    if not torch.compiler.is_compiling() and not bool(((tensor == 0) | (tensor == 1)).all()):
         raise ValueError(f"{name} must hold only 0/1 (or be a bool tensor), got other values")
-    return mask != 0
+    return tensor != 0
 
 
 def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
@@ -221,3 +225,37 @@ def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str)
             f"({a_name} of shape {tuple(a.shape)}) and {b.shape[0]} "
             f"({b_name} of shape {tuple(b.shape)})"
         )
+
+
+def check_feature_map(value: Any, name: str) -> torch.Tensor:
+    """Check a floating-point feature map of shape ``[B, C, H, W]``; return it."""
+    tensor = check_floating_tensor(value, name)
+    check_ndim(tensor, name, (4,), "[B, C, H, W]")
+    return tensor
+
+
+def check_spatial_mask(value: Any, name: str, *, unit_interval: bool = True) -> torch.Tensor:
+    """Check a one-channel spatial map ``[B, 1, h, w]`` or ``[B, h, w]``; return it as 4-D.
+
+    Bool, integer and floating tensors are accepted. With ``unit_interval`` (masks,
+    probabilities) every value must lie in [0, 1]; floating values must be finite.
+    """
+    tensor = check_tensor(value, name)
+    if tensor.is_complex():
+        raise TypeError(
+            f"{name} must be a real tensor (bool, integer or floating), got {tensor.dtype}"
+        )
+    if tensor.ndim == 3:
+        tensor = tensor[:, None]
+    elif tensor.ndim != 4 or tensor.shape[1] != 1:
+        raise ValueError(
+            f"{name} must have shape [B, 1, h, w] or [B, h, w], got shape {tuple(tensor.shape)}"
+        )
+    if tensor.dtype == torch.bool:
+        return tensor
+    check_finite(tensor, name)
+    if unit_interval and not torch.compiler.is_compiling() and tensor.numel() > 0:
+        low, high = float(tensor.min()), float(tensor.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"{name} must hold values in [0, 1], got values in [{low}, {high}]")
+    return tensor

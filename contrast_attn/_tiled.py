@@ -70,7 +70,6 @@ def _sweep(
     computed for upstream weights ``row_weight [n]`` when it is given.
     """
     n = anchor_index.shape[0]
-    num_keys = keys.shape[0]
     inv_t = 1.0 / temperature
     anchors = keys[anchor_index]
     scaled = anchors * inv_t
@@ -210,4 +209,3 @@ def contrastive_rows_tiled(
         keys, anchor_index, key_labels, matrix, temperature, variant, tile
     )
     return out
-

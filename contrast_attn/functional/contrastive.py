@@ -197,7 +197,9 @@ def _supcon(
         )
     if reduction != "mean":
         return reduce_loss(loss, reduction), num_without
-    counted = has_pos.sum() if no_positive == "ignore" else torch.tensor(loss.shape[0], device=device)
+    counted = (
+        has_pos.sum() if no_positive == "ignore" else torch.tensor(loss.shape[0], device=device)
+    )
     if gather:
         # Global count / world size: the mean over ranks of the rank losses is the global mean.
         return reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without
