@@ -9,9 +9,10 @@ re-exported here too.
 from . import distributed, functional
 from ._checks import finite_checks_enabled, set_finite_checks
 from ._version import __version__
-from .losses import NTXentLoss, SupConLoss
+from .losses import ClassBalancedLoss, NTXentLoss, SupConLoss
 
 __all__ = [
+    "ClassBalancedLoss",
     "NTXentLoss",
     "SupConLoss",
     "__version__",

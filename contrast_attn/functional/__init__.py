@@ -7,9 +7,13 @@ One concept per file: ``contrastive`` (NT-Xent, SupCon), ``class_balanced``,
 ``guidance`` (mask guidance, CAM), ``pooling``, ``regularizer``.
 """
 
+from .class_balanced import class_balanced_loss, class_balanced_weights, effective_number
 from .contrastive import nt_xent_loss, supcon_loss
 
 __all__ = [
+    "class_balanced_loss",
+    "class_balanced_weights",
+    "effective_number",
     "nt_xent_loss",
     "supcon_loss",
 ]

@@ -1,0 +1,420 @@
+r"""Class-balanced losses of Cui et al. (CVPR 2019): softmax, sigmoid and focal.
+
+A class seen :math:`n_c` times is worth its *effective number* of samples
+:math:`E_c = (1 - \beta^{n_c}) / (1 - \beta)`, and each sample of class :math:`c`
+is weighted by :math:`1 / E_c`, rescaled so that the :math:`C` weights sum to
+:math:`C`. Everything follows the authors' reference code
+(richardaecn/class-balanced-loss, ``src/cifar_main.py``): the weights, the
+per-sample weighting of the three losses, the numerically stable focal modulator
+and the normalisation of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._reduction import reduce_loss
+
+__all__ = ["class_balanced_loss", "class_balanced_weights", "effective_number"]
+
+LOSS_TYPES = ("softmax", "sigmoid", "focal")
+NORMALIZATIONS = ("reference", "weight_sum")
+ZERO_COUNTS = ("error", "as_one", "zero_weight")
+
+Counts = Union[torch.Tensor, Sequence[int], Sequence[float]]
+
+
+def _preview(values: torch.Tensor, limit: int = 5) -> str:
+    """The first few entries of a 1-D tensor, for error messages."""
+    items = values.flatten()[:limit].tolist()
+    more = ", ..." if values.numel() > limit else ""
+    return f"[{', '.join(str(v) for v in items)}{more}]"
+
+
+def check_counts(counts: Counts, num_classes: int | None = None) -> torch.Tensor:
+    """Validate per-class sample counts; return them as a float64 ``[C]`` tensor."""
+    if not isinstance(counts, torch.Tensor):
+        if not isinstance(counts, Sequence) or isinstance(counts, str):
+            raise TypeError(
+                f"counts must be a tensor or a sequence of per-class sample counts, got "
+                f"{type(counts).__name__}"
+            )
+        counts = torch.as_tensor(counts)
+    if counts.dtype == torch.bool or counts.is_complex():
+        raise TypeError(f"counts must hold integer sample counts, got dtype {counts.dtype}")
+    if counts.ndim != 1 or counts.numel() == 0:
+        raise ValueError(
+            f"counts must have shape [C] (one sample count per class, C >= 1), got shape "
+            f"{tuple(counts.shape)}"
+        )
+    if num_classes is not None and counts.shape[0] != num_classes:
+        raise ValueError(
+            f"counts must have one entry per class, C = {num_classes}, got {counts.shape[0]} "
+            f"entries"
+        )
+    counts = counts.to(torch.float64)
+    if not torch.compiler.is_compiling():
+        _checks.check_finite(counts, "counts")
+        negative = (counts < 0).nonzero().flatten()
+        if negative.numel() > 0:
+            raise ValueError(
+                f"counts must be non-negative, got negative counts for class(es) "
+                f"{_preview(negative)}: {_preview(counts[negative])}"
+            )
+        fractional = (counts != counts.round()).nonzero().flatten()
+        if fractional.numel() > 0:
+            raise ValueError(
+                f"counts must be whole numbers of samples, got non-integer counts for "
+                f"class(es) {_preview(fractional)}: {_preview(counts[fractional])}"
+            )
+    return counts
+
+
+def _check_beta(beta: float) -> float:
+    return _checks.check_float(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
+
+
+def _effective_number(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    if beta == 0.0:
+        # 0 ** n is 0 for n >= 1 and 1 for n = 0.
+        return (counts > 0).to(torch.float64)
+    # 1 - beta ** n as -expm1(n log beta): exact to rounding even for beta close to 1.
+    return -torch.expm1(counts * math.log(beta)) / (1.0 - beta)
+
+
+def effective_number(counts: Counts, beta: float) -> torch.Tensor:
+    r"""Effective number of samples of each class.
+
+    .. math::
+        E_c = \frac{1 - \beta^{n_c}}{1 - \beta} = \sum_{k=0}^{n_c - 1} \beta^k ,
+
+    which grows like :math:`n_c` for small counts and saturates at
+    :math:`1 / (1 - \beta)`. :math:`\beta = 0` gives :math:`E_c = 1` for every
+    class with at least one sample; :math:`\beta \to 1` gives :math:`E_c \to n_c`.
+    Computed in float64 as :math:`-\mathrm{expm1}(n_c \log \beta) / (1 - \beta)`.
+
+    Args:
+        counts: ``[C]`` non-negative whole numbers of samples per class (a tensor
+            of any real dtype, or a sequence).
+        beta: :math:`\beta \in [0, 1)`.
+
+    Returns:
+        ``[C]`` float64 tensor, on the device of ``counts``.
+
+    Raises:
+        TypeError: ``counts`` is not a tensor or sequence of numbers.
+        ValueError: ``counts`` not 1-D, empty, negative or not whole numbers;
+            ``beta`` outside ``[0, 1)``.
+
+    References:
+        Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
+        CVPR 2019 (arXiv:1901.05555), Eq. 3.
+
+    Examples:
+        >>> from contrast_attn.functional import effective_number
+        >>> effective_number([1, 2, 1000], beta=0.5)
+        tensor([1.0000, 1.5000, 2.0000], dtype=torch.float64)
+    """
+    return _effective_number(check_counts(counts), _check_beta(beta))
+
+
+def _weights(counts: torch.Tensor, beta: float, zero_count: str) -> torch.Tensor:
+    """Class-balanced weights of validated float64 counts."""
+    num_classes = counts.shape[0]
+    effective = _effective_number(counts, beta)
+    zero = counts == 0
+    if not torch.compiler.is_compiling() and bool(zero.any()):
+        missing = zero.nonzero().flatten()
+        if zero_count == "error":
+            raise ValueError(
+                f"counts has no sample of class(es) {_preview(missing)}: their class-balanced "
+                f"weight (1 - beta) / (1 - beta**0) is infinite. Pass zero_count='as_one' to "
+                f"weight such a class as if it had one sample, or zero_count='zero_weight' to "
+                f"give it weight 0"
+            )
+        if zero_count == "zero_weight" and bool(zero.all()):
+            raise ValueError(
+                "counts is zero for every class; zero_count='zero_weight' would leave no "
+                "class with a weight"
+            )
+    if zero_count == "as_one":
+        effective = torch.where(zero, torch.ones_like(effective), effective)
+    # 1 / E_c, and 0 for a class left without samples (zero_count="zero_weight").
+    raw = torch.where(effective > 0, effective, math.inf).reciprocal()
+    return raw * (num_classes / raw.sum())
+
+
+def class_balanced_weights(
+    counts: Counts, beta: float = 0.9999, *, zero_count: str = "error"
+) -> torch.Tensor:
+    r"""Per-class weights of the class-balanced loss, normalised to sum to C.
+
+    .. math::
+        w_c = \frac{C \, \tilde w_c}{\sum_{k=1}^{C} \tilde w_k}, \qquad
+        \tilde w_c = \frac{1}{E_c} = \frac{1 - \beta}{1 - \beta^{n_c}},
+
+    exactly as the reference code (``cifar_main.py``: ``weights / sum(weights) *
+    num_classes``). :math:`\beta = 0` gives all weights 1 (no re-weighting),
+    :math:`\beta \to 1` inverse-frequency weights :math:`w_c \propto 1 / n_c`.
+
+    A class without any sample has an infinite weight; ``zero_count`` says what to do:
+    ``"error"`` (default) raises a :class:`ValueError` naming the class,
+    ``"as_one"`` weights it as if it had one sample (the largest weight; useful when
+    a class is absent from a small training subset but expected later), and
+    ``"zero_weight"`` gives it weight 0, the other classes' weights still summing to C.
+
+    Args:
+        counts: ``[C]`` non-negative whole numbers of samples per class.
+        beta: :math:`\beta \in [0, 1)`; the paper's default is 0.9999.
+        zero_count: ``"error"``, ``"as_one"`` or ``"zero_weight"``.
+
+    Returns:
+        ``[C]`` float64 weights, on the device of ``counts``.
+
+    Raises:
+        TypeError: ``counts`` is not a tensor or sequence of numbers.
+        ValueError: Bad ``counts`` or ``beta``; a class with zero samples and
+            ``zero_count="error"``.
+
+    References:
+        Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
+        CVPR 2019 (arXiv:1901.05555), Eq. 4; reference code
+        https://github.com/richardaecn/class-balanced-loss.
+
+    Examples:
+        >>> from contrast_attn.functional import class_balanced_weights
+        >>> class_balanced_weights([900, 90, 10], beta=0.999)
+        tensor([0.0444, 0.3063, 2.6493], dtype=torch.float64)
+        >>> class_balanced_weights([900, 90, 10], beta=0.0)
+        tensor([1., 1., 1.], dtype=torch.float64)
+    """
+    _checks.check_choice(zero_count, "zero_count", ZERO_COUNTS)
+    return _weights(check_counts(counts), _check_beta(beta), zero_count)
+
+
+def check_loss_args(
+    beta: float,
+    loss_type: str,
+    gamma: float,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    normalization: str,
+    zero_count: str,
+) -> tuple[float, float, float]:
+    """Validate the hyper-parameters; return ``(beta, gamma, label_smoothing)`` as floats."""
+    beta = _check_beta(beta)
+    _checks.check_choice(loss_type, "loss_type", LOSS_TYPES)
+    gamma = _checks.check_float(gamma, "gamma", low=0.0)
+    _checks.check_reduction(reduction)
+    _checks.check_int(ignore_index, "ignore_index")
+    label_smoothing = _checks.check_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    _checks.check_choice(normalization, "normalization", NORMALIZATIONS)
+    _checks.check_choice(zero_count, "zero_count", ZERO_COUNTS)
+    if label_smoothing > 0 and loss_type != "softmax":
+        raise ValueError(
+            f"label_smoothing is only defined for loss_type='softmax', got "
+            f"label_smoothing={label_smoothing} with loss_type={loss_type!r}"
+        )
+    return beta, gamma, label_smoothing
+
+
+def _check_target(
+    target: torch.Tensor, logits: torch.Tensor, loss_type: str, ignore_index: int
+) -> torch.Tensor:
+    """Validate class indices ``[B]`` or (sigmoid/focal) multi-hot ``[B, C]`` targets."""
+    _checks.check_tensor(target, "target")
+    batch, num_classes = logits.shape
+    if target.ndim == 2:
+        if loss_type == "softmax":
+            raise ValueError(
+                f"loss_type='softmax' needs target as class indices of shape [B] = [{batch}]; "
+                f"multi-hot targets [B, C] are for 'sigmoid' and 'focal', got shape "
+                f"{tuple(target.shape)}"
+            )
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"multi-hot target must have the shape of logits [B, C] = {list(logits.shape)}, "
+                f"got shape {tuple(target.shape)}"
+            )
+        if target.is_complex():
+            raise TypeError(f"multi-hot target must be real or bool, got dtype {target.dtype}")
+        _checks.check_finite(target, "target")
+        if not torch.compiler.is_compiling() and bool(((target < 0) | (target > 1)).any()):
+            raise ValueError("multi-hot target must hold values in [0, 1], got values outside")
+        return target
+    _checks.check_labels(target, "target", batch)
+    if not torch.compiler.is_compiling():
+        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"target must hold class indices in [0, {num_classes}) (C = {num_classes} from "
+                f"logits) or ignore_index={ignore_index}, got out-of-range value(s) "
+                f"{_preview(torch.unique(target[bad]))}"
+            )
+    return target
+
+
+def _binary_terms(x: torch.Tensor, y: torch.Tensor, loss_type: str, gamma: float) -> torch.Tensor:
+    """Per-element sigmoid cross-entropy, times the focal modulator for ``"focal"``."""
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    if loss_type == "sigmoid" or gamma == 0.0:
+        return bce
+    # The reference's exp(-gamma*y*x - gamma*log1p(exp(-x))), with log1p(exp(-x)) written
+    # as -logsigmoid(x) so that it cannot overflow: (1 - p)**gamma for y = 1, p**gamma for y = 0.
+    modulator = torch.exp(gamma * (F.logsigmoid(x) - y * x))
+    return modulator * bce
+
+
+def class_balanced_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    counts: Counts,
+    *,
+    beta: float = 0.9999,
+    loss_type: str = "softmax",
+    gamma: float = 2.0,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    normalization: str = "reference",
+    zero_count: str = "error",
+) -> torch.Tensor:
+    r"""Class-balanced softmax, sigmoid or focal loss (Cui et al., 2019).
+
+    With the class weights :math:`w_c` of :func:`class_balanced_weights`, each sample
+    is weighted by the weight of its class, :math:`\alpha_i = w_{y_i}` (for
+    multi-hot targets :math:`\alpha_i = \sum_c y_{ic} w_c`, the reference code's
+    ``reduce_sum(weights * one_hot, axis=1)`` applied as written):
+
+    .. math::
+        \ell_i^{softmax} = -\alpha_i \log \frac{e^{x_{i y_i}}}{\sum_c e^{x_{ic}}},
+        \qquad
+        \ell_i^{sigmoid} = \alpha_i \sum_{c=1}^{C} \mathrm{BCE}(x_{ic}, y_{ic}),
+        \qquad
+        \ell_i^{focal} = \alpha_i \sum_{c=1}^{C} m_{ic} \, \mathrm{BCE}(x_{ic}, y_{ic}),
+
+    with :math:`\mathrm{BCE}(x, y) = -y \log \sigma(x) - (1 - y) \log(1 - \sigma(x))`
+    and the reference's focal modulator
+    :math:`m = \exp(-\gamma y x - \gamma \log(1 + e^{-x}))`, i.e. :math:`(1 - p)^\gamma`
+    for a positive and :math:`p^\gamma` for a negative, :math:`p = \sigma(x)`. It is
+    evaluated as :math:`\exp(\gamma(\log\sigma(x) - y x))`, which cannot overflow.
+    :math:`\gamma = 0` gives the sigmoid loss.
+
+    ``reduction="mean"`` divides :math:`\sum_i \ell_i` by:
+
+    - ``normalization="reference"`` (default): the number of samples for
+      ``"softmax"`` (``tf.losses.softmax_cross_entropy`` with per-sample weights)
+      and the number of positive labels :math:`\sum_{ic} y_{ic}` for ``"sigmoid"``
+      and ``"focal"``, as in the reference code; both are the number of
+      non-ignored samples for class-index targets. The loss is then *not* a
+      weighted average: its scale follows the weights.
+    - ``normalization="weight_sum"``: :math:`\sum_i \alpha_i`, the convention of
+      ``F.cross_entropy(weight=w)``, to which the softmax form is then equal
+      (with ``label_smoothing=0``).
+
+    Samples whose target equals ``ignore_index`` contribute nothing and are not
+    counted. ``label_smoothing`` (softmax only) replaces the one-hot target by
+    :math:`(1 - \varepsilon)\, \mathrm{onehot}(y_i) + \varepsilon / C` and keeps the
+    per-sample weight :math:`\alpha_i`; with all weights 1 this equals
+    ``F.cross_entropy(label_smoothing=eps)`` (torch instead weights the smoothing
+    term of each class by that class's weight). Logits are upcast to float32
+    (float64 stays float64), also under fp16/bf16 autocast.
+
+    Unlike a popular PyTorch port (vandit15/Class-balanced-loss-pytorch), the
+    softmax form is a true softmax cross-entropy (not a binary cross-entropy of
+    softmax probabilities, its issue #23) and the sigmoid form is weighted (its
+    issue #10).
+
+    Args:
+        logits: ``[B, C]`` unnormalised scores.
+        target: ``[B]`` integer class indices (``ignore_index`` allowed), or for
+            ``"sigmoid"``/``"focal"`` a multi-hot ``[B, C]`` tensor with values in [0, 1].
+        counts: ``[C]`` training samples per class (tensor or sequence).
+        beta: :math:`\beta \in [0, 1)` of the effective number; 0 means no re-weighting.
+        loss_type: ``"softmax"``, ``"sigmoid"`` or ``"focal"``.
+        gamma: Focal exponent :math:`\gamma \ge 0` (``"focal"`` only).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]`` weighted per-sample
+            losses, 0 for ignored samples).
+        ignore_index: Target value to skip (class-index targets only).
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, ``"softmax"`` only.
+        normalization: ``"reference"`` or ``"weight_sum"``, the denominator of the mean.
+        zero_count: Treatment of classes with no sample, see :func:`class_balanced_weights`.
+
+    Returns:
+        A scalar, or ``[B]`` with ``reduction="none"`` (float32, or float64 for
+        float64 logits).
+
+    Raises:
+        TypeError: Non-tensor or non-floating logits, non-integer class targets.
+        ValueError: logits not ``[B, C]`` or not finite; bad counts (negative, not
+            whole, wrong length, a zero count with ``zero_count="error"``); target
+            out of range or of a wrong shape; a hyper-parameter out of range.
+
+    References:
+        Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
+        CVPR 2019 (arXiv:1901.05555); reference code
+        https://github.com/richardaecn/class-balanced-loss (``src/cifar_main.py``).
+        Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from contrast_attn.functional import class_balanced_loss
+        >>> _ = torch.manual_seed(0)
+        >>> logits, target = torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 2])
+        >>> counts = [900, 90, 10]
+        >>> loss = class_balanced_loss(logits, target, counts, beta=0.999)
+        >>> focal = class_balanced_loss(logits, target, counts, loss_type="focal", gamma=2.0)
+        >>> # beta = 0: no re-weighting, the plain cross-entropy
+        >>> plain = class_balanced_loss(logits, target, counts, beta=0.0)
+        >>> torch.allclose(plain, F.cross_entropy(logits, target))
+        True
+    """
+    _checks.check_floating_tensor(logits, "logits")
+    _checks.check_ndim(logits, "logits", (2,), "[B, C]")
+    beta, gamma, label_smoothing = check_loss_args(
+        beta,
+        loss_type,
+        gamma,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        normalization,
+        zero_count,
+    )
+    num_classes = logits.shape[1]
+    weights = _weights(check_counts(counts, num_classes), beta, zero_count)
+    target = _check_target(target, logits, loss_type, ignore_index)
+    _checks.check_finite(logits, "logits")
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits.to(dtype)
+        w = weights.to(device=x.device, dtype=dtype)
+        target = target.to(x.device)
+        if target.ndim == 2:
+            y = target.to(dtype)
+            alpha = y @ w
+            positives = y.sum()
+        else:
+            valid = target != ignore_index
+            index = torch.where(valid, target, 0)
+            alpha = w[index] * valid
+            positives = valid.sum()
+            y = F.one_hot(index, num_classes).to(dtype)
+        if loss_type == "softmax":
+            log_p = x.log_softmax(dim=1)
+            per_sample = -(y * log_p).sum(dim=1)
+            if label_smoothing > 0:
+                per_sample = (1.0 - label_smoothing) * per_sample - label_smoothing * log_p.mean(1)
+        else:
+            per_sample = _binary_terms(x, y, loss_type, gamma).sum(dim=1)
+        loss = alpha * per_sample
+    denominator = positives if normalization == "reference" else alpha.sum()
+    return reduce_loss(loss, reduction, denominator)
