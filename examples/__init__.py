@@ -1,0 +1,1 @@
+"""Examples that assemble contrast_attn into complete pipelines."""

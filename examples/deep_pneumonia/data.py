@@ -1,0 +1,218 @@
+"""Train/validation/test data sets from the phantom, the Hannover radiographs or a folder.
+
+:func:`build_datasets` is the one entry point of the pipeline's data stage. Every data
+set yields :class:`~.dataset.Sample` dicts and exposes ``targets`` and ``class_names``
+(see :mod:`.dataset`); every split is grouped by patient and stratified by class
+(:mod:`.splits`), deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .dataset import XrayDataset
+from .folder import ImageFolderDataset, ImageRecord, read_folder
+from .hannover import DEFAULT_HANNOVER_DIR, hannover_records
+from .phantom import CLASS_NAMES, DEFAULT_CLASS_FRACTIONS, PhantomDataset, phantom_labels
+from .splits import DEFAULT_SPLIT_FRACTIONS, grouped_stratified_split
+
+__all__ = ["DataSplits", "build_datasets"]
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits and the class names they share."""
+
+    train: XrayDataset
+    val: XrayDataset
+    test: XrayDataset
+    class_names: list[str]
+
+
+def _split(
+    labels: Sequence[int], groups: Sequence[str], fractions: Sequence[float], seed: int
+) -> list[list[int]]:
+    if len(fractions) != 3:
+        raise ValueError(f"split_fractions must be (train, val, test), got {tuple(fractions)}")
+    parts = grouped_stratified_split(labels, groups, fractions, seed=seed)
+    empty = [name for name, part in zip(("train", "val", "test"), parts) if not part]
+    if empty:
+        raise ValueError(
+            f"the {'/'.join(empty)} split is empty: {len(set(groups))} patient(s) are too few "
+            f"for split_fractions {tuple(fractions)}"
+        )
+    return parts
+
+
+def _synthetic(
+    *,
+    image_size: int,
+    seed: int,
+    num_images: int = 600,
+    class_fractions: Sequence[float] = DEFAULT_CLASS_FRACTIONS,
+    shortcut_markers: bool = False,
+    marker_correlation: float = 0.9,
+    noise: float = 0.03,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> DataSplits:
+    labels = phantom_labels(num_images, class_fractions, seed=seed)
+    parts = _split(labels, [str(i) for i in range(num_images)], split_fractions, seed)
+
+    def make(indices: list[int], correlation: float) -> PhantomDataset:
+        return PhantomDataset(
+            indices,
+            [labels[i] for i in indices],
+            seed=seed,
+            image_size=image_size,
+            noise=noise,
+            marker_correlation=correlation if shortcut_markers else None,
+        )
+
+    # Validation is internal (same hospital, same shortcut as training); the test split
+    # is external: its marker is independent of the class.
+    train, val, test = parts
+    return DataSplits(
+        make(train, marker_correlation),
+        make(val, marker_correlation),
+        make(test, 0.0),
+        list(CLASS_NAMES),
+    )
+
+
+def _from_records(
+    records: Sequence[ImageRecord],
+    class_names: list[str],
+    *,
+    image_size: int,
+    seed: int,
+    split_fractions: Sequence[float],
+    cache: bool,
+) -> DataSplits:
+    labels, patients = [r.label for r in records], [r.patient_id for r in records]
+    train, val, test = (
+        ImageFolderDataset(
+            [records[i] for i in part], class_names, image_size=image_size, cache=cache
+        )
+        for part in _split(labels, patients, split_fractions, seed)
+    )
+    return DataSplits(train, val, test, class_names)
+
+
+def _hannover(
+    *,
+    image_size: int,
+    seed: int,
+    root: Union[str, Path, None] = None,
+    task: str = "icu",
+    icu_days: int = 7,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> DataSplits:
+    records, class_names = hannover_records(
+        DEFAULT_HANNOVER_DIR if root is None else root, task=task, icu_days=icu_days
+    )
+    return _from_records(
+        records,
+        class_names,
+        image_size=image_size,
+        seed=seed,
+        split_fractions=split_fractions,
+        cache=True,
+    )
+
+
+def _folder(
+    root: Path,
+    *,
+    image_size: int,
+    seed: int,
+    class_names: Optional[Sequence[str]] = None,
+    cache: bool = False,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> DataSplits:
+    records, names = read_folder(root, class_names=class_names)
+    return _from_records(
+        records,
+        names,
+        image_size=image_size,
+        seed=seed,
+        split_fractions=split_fractions,
+        cache=cache,
+    )
+
+
+def _call(
+    builder: Callable[..., DataSplits],
+    source: str,
+    options: dict[str, Any],
+    *,
+    image_size: int,
+    seed: int,
+) -> DataSplits:
+    parameters = inspect.signature(builder).parameters.items()
+    allowed = [
+        name
+        for name, p in parameters
+        if p.kind is p.KEYWORD_ONLY and name not in ("image_size", "seed")
+    ]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for data source {source!r}; allowed: {allowed}"
+        )
+    return builder(image_size=image_size, seed=seed, **options)
+
+
+def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -> DataSplits:
+    """Build the train, validation and test data sets of ``source``.
+
+    Args:
+        source: ``"synthetic"`` (the phantom), ``"hannover"`` (the real radiographs in
+            ``../shared/data/hannover-covid-cxr``) or the path of a folder data set.
+        image_size: side length S of every image and mask.
+        seed: seeds the phantom and the split.
+        **options: per source (all optional), and ``split_fractions`` (train, val,
+            test; default 0.7/0.15/0.15) for every source.
+
+            * ``"synthetic"``: ``num_images`` (600), ``class_fractions`` (normal,
+              bacterial, viral, covid19; 0.60/0.25/0.10/0.05), ``shortcut_markers``
+              (False), ``marker_correlation`` (0.9, in train and val; the test
+              split's marker is independent of the class), ``noise`` (0.03).
+            * ``"hannover"``: ``root`` (the data folder), ``task`` ("icu" or
+              "projection"), ``icu_days`` (7). See :mod:`.hannover`.
+            * folder: ``class_names`` (sorted label names), ``cache`` (False: decode
+              on access). See :mod:`.folder`.
+
+    Returns:
+        The three splits; no patient is in two of them.
+
+    Raises:
+        TypeError: on an option the source does not take.
+        FileNotFoundError: when the source folder or a file it lists is missing.
+        ValueError: on invalid options, unreadable files, or too few patients to split.
+
+    Examples:
+        >>> splits = build_datasets("synthetic", image_size=32, seed=0, num_images=40)
+        >>> len(splits.train) + len(splits.val) + len(splits.test), splits.class_names[0]
+        (40, 'normal')
+        >>> sample = splits.train[0]
+        >>> sample["image"].shape, sample["mask_valid"].item()
+        (torch.Size([1, 32, 32]), True)
+    """
+    builders: dict[str, Callable[..., DataSplits]] = {
+        "synthetic": _synthetic,
+        "hannover": _hannover,
+    }
+    builder = builders.get(source)
+    if builder is None:
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data source {source!r} is neither 'synthetic', 'hannover' nor an existing folder"
+            )
+        builder = functools.partial(_folder, root)
+    return _call(builder, source, options, image_size=image_size, seed=seed)
