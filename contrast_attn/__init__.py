@@ -9,11 +9,23 @@ re-exported here too.
 from . import distributed, functional
 from ._checks import finite_checks_enabled, set_finite_checks
 from ._version import __version__
-from .losses import ClassBalancedLoss, NTXentLoss, SupConLoss
+from .layers import MaskedAveragePool, MaskGuidedAttention, ProjectionHead
+from .losses import (
+    ClassBalancedLoss,
+    ContrastiveFeatureRegularizer,
+    MaskGuidanceLoss,
+    NTXentLoss,
+    SupConLoss,
+)
 
 __all__ = [
     "ClassBalancedLoss",
+    "ContrastiveFeatureRegularizer",
+    "MaskGuidanceLoss",
+    "MaskGuidedAttention",
+    "MaskedAveragePool",
     "NTXentLoss",
+    "ProjectionHead",
     "SupConLoss",
     "__version__",
     "distributed",

@@ -9,11 +9,20 @@ One concept per file: ``contrastive`` (NT-Xent, SupCon), ``class_balanced``,
 
 from .class_balanced import class_balanced_loss, class_balanced_weights, effective_number
 from .contrastive import nt_xent_loss, supcon_loss
+from .guidance import class_activation_map, mask_guidance_loss, resize_mask
+from .pooling import MaskedPool, masked_average_pool
+from .regularizer import contrastive_feature_regularizer
 
 __all__ = [
+    "MaskedPool",
+    "class_activation_map",
     "class_balanced_loss",
     "class_balanced_weights",
+    "contrastive_feature_regularizer",
     "effective_number",
+    "mask_guidance_loss",
+    "masked_average_pool",
     "nt_xent_loss",
+    "resize_mask",
     "supcon_loss",
 ]

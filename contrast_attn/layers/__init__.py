@@ -1,3 +1,11 @@
 """``nn.Module`` layers with parameters: attention, pooling, heads."""
 
-__all__: list[str] = []
+from .attention import MaskGuidedAttention
+from .heads import ProjectionHead
+from .pooling import MaskedAveragePool
+
+__all__ = [
+    "MaskGuidedAttention",
+    "MaskedAveragePool",
+    "ProjectionHead",
+]

@@ -2,9 +2,13 @@
 
 from .class_balanced import ClassBalancedLoss
 from .contrastive import NTXentLoss, SupConLoss
+from .guidance import MaskGuidanceLoss
+from .regularizer import ContrastiveFeatureRegularizer
 
 __all__ = [
     "ClassBalancedLoss",
+    "ContrastiveFeatureRegularizer",
+    "MaskGuidanceLoss",
     "NTXentLoss",
     "SupConLoss",
 ]

@@ -1,0 +1,89 @@
+r"""Masked average pooling: one feature vector for the lesion region, one for the rest."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import _checks
+from .guidance import _area_resize
+
+__all__ = ["MaskedPool", "masked_average_pool"]
+
+
+class MaskedPool(NamedTuple):
+    """The result of :func:`masked_average_pool`.
+
+    Attributes:
+        lesion: ``[B, C]`` mean feature over the lesion region (0 where it is empty).
+        background: ``[B, C]`` mean feature over the complement (0 where it is empty).
+        lesion_area: ``[B]`` fraction of the feature map that the lesion covers.
+        background_area: ``[B]`` ``1 - lesion_area``.
+    """
+
+    lesion: torch.Tensor
+    background: torch.Tensor
+    lesion_area: torch.Tensor
+    background_area: torch.Tensor
+
+
+def _masked_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
+    """Pool validated inputs (``mask`` ``[B, 1, h, w]`` on the features' device)."""
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        values = features.to(dtype)
+        weight = _area_resize(mask, (values.shape[-2], values.shape[-1])).to(dtype)[:, 0]
+        cells = weight.shape[-2] * weight.shape[-1]
+        pooled = []
+        areas = []
+        for region in (weight, 1 - weight):
+            mass = region.sum(dim=(1, 2))
+            total = torch.einsum("bchw,bhw->bc", values, region)
+            # An empty region pools to 0 (and a zero gradient), never 0 / 0.
+            pooled.append(total / torch.where(mass > 0, mass, torch.ones_like(mass))[:, None])
+            areas.append(mass / cells)
+    return MaskedPool(pooled[0], pooled[1], areas[0], areas[1])
+
+
+def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
+    r"""Average a feature map over the lesion region and over its complement.
+
+    The mask is resized to the feature map by area (:func:`resize_mask`), giving
+    each cell its lesion coverage :math:`w_{ij} \in [0, 1]`; then
+
+    .. math::
+        u_b = \frac{\sum_{ij} w_{bij} f_{b \cdot ij}}{\sum_{ij} w_{bij}}, \qquad
+        v_b = \frac{\sum_{ij} (1 - w_{bij}) f_{b \cdot ij}}{\sum_{ij} (1 - w_{bij})} .
+
+    A region of zero area (no lesion, or a lesion covering everything) pools to
+    the zero vector; its area, returned alongside, tells the two cases apart.
+    Sums are taken in float32 (float64 for float64 features), also under autocast,
+    and the results are returned in that dtype.
+
+    Args:
+        features: ``[B, C, H, W]`` feature map.
+        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1] of any resolution.
+
+    Returns:
+        A :class:`MaskedPool` ``(lesion [B, C], background [B, C], lesion_area [B],
+        background_area [B])``.
+
+    Raises:
+        TypeError: Non-tensor inputs or non-floating features.
+        ValueError: Bad shapes, batch mismatch, mask values outside [0, 1], NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.functional import masked_average_pool
+        >>> features = torch.arange(4.0).reshape(1, 1, 2, 2)      # [[0, 1], [2, 3]]
+        >>> mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])         # top row
+        >>> pooled = masked_average_pool(features, mask)
+        >>> pooled.lesion, pooled.background, pooled.lesion_area
+        (tensor([[0.5000]]), tensor([[2.5000]]), tensor([0.5000]))
+    """
+    _checks.check_feature_map(features, "features")
+    mask = _checks.check_spatial_mask(mask, "mask")
+    _checks.check_same_batch(features, "features", mask, "mask")
+    _checks.check_finite(features, "features")
+    return _masked_pool(features, mask.to(features.device))

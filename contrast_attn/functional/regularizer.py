@@ -1,0 +1,222 @@
+r"""The contrastive feature regulariser: lesion features together, away from the background."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._reduction import reduce_loss
+from .contrastive import VARIANTS, Positives, _compute_dtype, contrastive_rows
+from .pooling import _masked_pool
+
+__all__ = ["contrastive_feature_regularizer"]
+
+
+def _check_regularizer_args(
+    temperature: float, variant: str, min_area: float, reduction: str, chunk_size: int | None
+) -> tuple[float, float]:
+    """Validate the hyper-parameters; return ``(temperature, min_area)``."""
+    temperature = _checks.check_float(temperature, "temperature", low=0.0, low_inclusive=False)
+    _checks.check_choice(variant, "variant", VARIANTS)
+    min_area = _checks.check_float(min_area, "min_area", low=0.0, high=1.0, high_inclusive=False)
+    _checks.check_reduction(reduction)
+    if chunk_size is not None:
+        _checks.check_int(chunk_size, "chunk_size", low=1)
+    return temperature, min_area
+
+
+def contrastive_feature_regularizer(
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.1,
+    projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    valid: torch.Tensor | None = None,
+    variant: str = "out",
+    min_area: float = 0.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    r"""Supervised-contrastive term on pooled lesion and background features.
+
+    Per image :math:`b`, the feature map is pooled over the lesion and over its
+    complement (:func:`masked_average_pool`, mask resized by area), giving
+    :math:`u_b` and :math:`v_b`; both are projected by :math:`g` (``projection``,
+    identity by default) and L2-normalised:
+    :math:`z_b = g(u_b) / \lVert g(u_b) \rVert`, :math:`n_b = g(v_b) / \lVert g(v_b) \rVert`.
+    Among the annotated images (``valid``), :math:`L` holds those whose lesion
+    covers more than ``min_area`` of the map and :math:`N` those whose background
+    does. Lesion embeddings are the anchors; the positives of anchor
+    :math:`i \in L` are the other lesion embeddings of its class,
+    :math:`P(i) = \{p \in L \setminus \{i\} : y_p = y_i\}`, and its denominator
+    runs over all other lesion embeddings and all background embeddings (its own
+    image's included). With :math:`s(x, y) = x \cdot y / \tau` and
+    :math:`D_i = \sum_{k \in L \setminus \{i\}} e^{s(z_i, z_k)} + \sum_{j \in N} e^{s(z_i, n_j)}`:
+
+    .. math::
+        \ell_i^{out} = -\frac{1}{|P(i)|} \sum_{p \in P(i)} \log \frac{e^{s(z_i, z_p)}}{D_i},
+        \qquad
+        \ell_i^{in} = -\log \frac{1}{|P(i)|} \sum_{p \in P(i)} \frac{e^{s(z_i, z_p)}}{D_i},
+
+    .. math::
+        \mathcal{L} = \frac{1}{|A|} \sum_{i \in A} \ell_i, \qquad A = \{i \in L : |P(i)| > 0\} .
+
+    So background embeddings are negatives only, never anchors or positives, and
+    an image without lesion contributes only its (whole-image) background
+    embedding as a negative. This is :func:`supcon_loss`'s core with background
+    keys given a label that no anchor has.
+
+    The paper (Wei et al., 2022) states only the idea: lesion-region features are
+    pulled together and pushed away from non-lesion features. These choices are
+    ours, and each is a parameter: average pooling of each region (soft, by area
+    coverage); one lesion and one background embedding per image; positives are
+    same-class lesions of *other* images (``labels=None``: every lesion is one
+    class, "lesion vs. background"); lesions of other classes are negatives too,
+    as in SupCon; SupCon's :math:`\mathcal{L}_{out}` (``variant``) at
+    :math:`\tau = 0.1` (``temperature``); a projection head before the
+    normalisation (``projection``); anchors without a positive leave the mean.
+
+    With fewer than two lesion embeddings in the batch (in particular with no
+    lesion pixel at all) no anchor has a positive and the result is 0, attached
+    to the graph of ``features`` with a zero gradient (``projection`` is then not
+    called), never NaN. Similarities and log-sum-exp are computed in float32
+    (float64 for float64 input), also under autocast.
+
+    Args:
+        features: ``[B, C, H, W]`` feature map.
+        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1], any resolution.
+        labels: ``[B]`` integer class of each image, or ``None`` (one class).
+        temperature: :math:`\tau > 0`.
+        projection: Callable mapping pooled vectors ``[M, C]`` to ``[M, D]`` (e.g. a
+            :class:`~contrast_attn.ProjectionHead`), applied to all lesion and
+            background vectors in one call; ``None`` = identity.
+        valid: ``[B]`` bool (or 0/1): images whose mask is annotated; the others
+            take no part. ``None`` = all.
+        variant: ``"out"`` or ``"in"`` (SupCon's :math:`\mathcal{L}_{out}` / :math:`\mathcal{L}_{in}`).
+        min_area: A region takes part when it covers more than this fraction of
+            the feature map, in [0, 1).
+        reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``
+            (``[B]``: image :math:`b`'s anchor loss, 0 where it is no such anchor).
+        chunk_size: Rows per tile of the memory-bounded kernel; ``None`` = automatic.
+
+    Returns:
+        A scalar, or ``[B]`` with ``reduction="none"``.
+
+    Raises:
+        TypeError: Wrong types or dtypes (non-floating features, float labels).
+        ValueError: Bad shapes, batch mismatch, mask values outside [0, 1],
+            NaN/Inf features, bad hyper-parameters, a projection output not ``[M, D]``.
+
+    References:
+        Wei et al., "Deep Pneumonia: Attention-Based Contrastive Learning for
+        Class-Imbalanced Pneumonia Lesion Recognition in Chest X-rays", 2022
+        (arXiv:2207.11393). Khosla et al., "Supervised Contrastive Learning",
+        NeurIPS 2020.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.functional import contrastive_feature_regularizer
+        >>> _ = torch.manual_seed(0)
+        >>> features = torch.randn(4, 16, 7, 7, requires_grad=True)
+        >>> mask = torch.zeros(4, 1, 224, 224)
+        >>> mask[:3, :, 64:160, 32:128] = 1                 # image 3: no lesion
+        >>> loss = contrastive_feature_regularizer(features, mask, torch.tensor([0, 0, 1, 1]))
+        >>> loss.backward()
+        >>> empty = contrastive_feature_regularizer(features, torch.zeros(4, 1, 7, 7))
+        >>> empty.item(), empty.requires_grad
+        (0.0, True)
+    """
+    return _regularizer(
+        features,
+        mask,
+        labels,
+        temperature=temperature,
+        projection=projection,
+        valid=valid,
+        variant=variant,
+        min_area=min_area,
+        reduction=reduction,
+        chunk_size=chunk_size,
+    )[0]
+
+
+def _regularizer(
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    temperature: float,
+    projection: Callable[[torch.Tensor], torch.Tensor] | None,
+    valid: torch.Tensor | None,
+    variant: str,
+    min_area: float,
+    reduction: str,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`contrastive_feature_regularizer` and the number of anchors with a positive."""
+    _checks.check_feature_map(features, "features")
+    mask = _checks.check_spatial_mask(mask, "mask")
+    _checks.check_same_batch(features, "features", mask, "mask")
+    temperature, min_area = _check_regularizer_args(
+        temperature, variant, min_area, reduction, chunk_size
+    )
+    if projection is not None and not callable(projection):
+        raise TypeError(f"projection must be callable or None, got {type(projection).__name__}")
+    batch, device = features.shape[0], features.device
+    if labels is not None:
+        labels = _checks.check_labels(labels, "labels", batch).to(device)
+    if valid is not None:
+        valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]").to(device)
+    _checks.check_finite(features, "features")
+
+    pooled = _masked_pool(features, mask.to(device))
+    has_lesion = pooled.lesion_area > min_area
+    has_background = pooled.background_area > min_area
+    if valid is not None:
+        has_lesion &= valid
+        has_background &= valid
+    lesion_index = torch.nonzero(has_lesion).squeeze(1)
+    background_index = torch.nonzero(has_background).squeeze(1)
+    num_lesion = lesion_index.shape[0]
+    if num_lesion < 2:
+        # No anchor can have a positive: a defined 0 that keeps the graph (and DDP) intact.
+        zero = pooled.lesion.sum(dim=1) * 0.0
+        none = torch.zeros((), dtype=torch.long, device=device)
+        return (zero if reduction == "none" else zero.sum()), none
+
+    vectors = torch.cat([pooled.lesion[lesion_index], pooled.background[background_index]])
+    projected = vectors if projection is None else projection(vectors)
+    if (
+        not isinstance(projected, torch.Tensor)
+        or projected.ndim != 2
+        or projected.shape[0] != vectors.shape[0]
+        or not projected.is_floating_point()
+    ):
+        raise ValueError(
+            f"projection must map pooled vectors [M, C] = {list(vectors.shape)} to a floating "
+            f"tensor [M, D], got {_checks._describe(projected)}"
+        )
+    lesion_labels = (
+        labels[lesion_index] if labels is not None else lesion_index.new_zeros(num_lesion)
+    )
+    # Background keys get a label that no anchor has: negatives only.
+    background_label = lesion_labels.max() + 1
+    key_labels = torch.cat([lesion_labels, background_label.expand(background_index.shape[0])])
+    with torch.autocast(device_type=device.type, enabled=False):
+        keys = F.normalize(projected.to(_compute_dtype(projected)), dim=1)
+        rows, num_pos = contrastive_rows(
+            keys,
+            torch.arange(num_lesion, device=device),
+            Positives(key_labels=key_labels),
+            temperature=temperature,
+            variant=variant,
+            chunk_size=chunk_size,
+        )
+    num_anchors = (num_pos > 0).sum()
+    if reduction == "none":
+        return rows.new_zeros(batch).scatter(0, lesion_index, rows), num_anchors
+    return reduce_loss(rows, reduction, num_anchors), num_anchors

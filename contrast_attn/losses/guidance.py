@@ -1,0 +1,77 @@
+"""The mask-guidance loss as an ``nn.Module`` (see :mod:`contrast_attn.functional`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _checks
+from ..functional.guidance import KINDS, mask_guidance_loss
+
+
+class MaskGuidanceLoss(nn.Module):
+    r"""Pull an attention map (or a CAM) toward the lesion mask.
+
+    See :func:`contrast_attn.functional.mask_guidance_loss`; e.g. for ``kind="bce"``
+
+    .. math::
+        \ell_b = -\frac{1}{HW} \sum_{ij} \left[ m_{ij} \log a_{ij}
+            + (1 - m_{ij}) \log (1 - a_{ij}) \right]
+
+    with the mask :math:`m` resized to the map by area.
+
+    Args:
+        kind: ``"bce"``, ``"mse"`` or ``"dice"``.
+        from_logits: Whether the map holds logits (recommended with ``"bce"``).
+        smooth: Dice smoothing :math:`s > 0`.
+        reduction: ``"mean"`` (over valid images), ``"sum"`` or ``"none"``.
+
+    Shape:
+        ``loss(attention, mask, valid=None)`` with ``attention`` ``[B, 1, H, W]``
+        or ``[B, H, W]``, ``mask`` ``[B, 1, h, w]`` or ``[B, h, w]``, ``valid`` ``[B]``.
+
+    References:
+        Li et al., "Tell Me Where to Look: Guided Attention Inference Network", CVPR 2018.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn import MaskGuidanceLoss
+        >>> criterion = MaskGuidanceLoss(kind="dice", from_logits=True)
+        >>> logits = torch.randn(2, 1, 7, 7, requires_grad=True)
+        >>> mask = torch.zeros(2, 1, 224, 224)
+        >>> mask[0, :, :112] = 1
+        >>> criterion(logits, mask, valid=torch.tensor([True, False])).backward()
+    """
+
+    def __init__(
+        self,
+        kind: str = "bce",
+        *,
+        from_logits: bool = False,
+        smooth: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        _checks.check_choice(kind, "kind", KINDS)
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be a bool, got {type(from_logits).__name__}")
+        self.smooth = _checks.check_float(smooth, "smooth", low=0.0, low_inclusive=False)
+        self.reduction = _checks.check_reduction(reduction)
+        self.kind = kind
+        self.from_logits = from_logits
+
+    def forward(
+        self, attention: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return mask_guidance_loss(
+            attention,
+            mask,
+            kind=self.kind,
+            valid=valid,
+            from_logits=self.from_logits,
+            smooth=self.smooth,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
