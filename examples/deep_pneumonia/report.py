@@ -1,0 +1,71 @@
+"""A short ``report.md`` summarising a run: setup, metrics, baseline, lesion attention, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+__all__ = ["write_report"]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
+    """Write the Markdown report of a finished run to ``path``."""
+    switches = ", ".join(
+        f"{name} {'on' if getattr(cfg, name) else 'off'}"
+        for name in ("pretrain", "class_balanced", "attention", "regularizer")
+    )
+    baseline = metrics["majority_baseline"]
+    lesion = metrics["lesion_attention"]
+    lines = [
+        "# Deep Pneumonia run",
+        "",
+        f"- data: `{cfg.data}` ({metrics['num_images']} test images, image size {cfg.image_size});"
+        f" training images per class: {dict(zip(metrics['class_names'], metrics['train_class_counts']))}",
+        f"- model: {cfg.arch}, attention/regulariser on stage {cfg.feature_stage}; {switches}",
+        f"- epochs: {cfg.pretrain_epochs if cfg.pretrain else 0} pre-training,"
+        f" {cfg.epochs} fine-tuning; seed {cfg.seed}",
+        "",
+        "## Test metrics",
+        "",
+        "| | model | majority-class baseline |",
+        "|---|---|---|",
+        f"| macro-F1 | {_fmt(metrics['macro_f1'])} | {_fmt(baseline['macro_f1'])} |",
+        f"| balanced accuracy | {_fmt(metrics['balanced_accuracy'])}"
+        f" | {_fmt(baseline['balanced_accuracy'])} |",
+        f"| recall of the rarest class ({metrics['minority_class']})"
+        f" | {_fmt(metrics['minority_recall'])} | {_fmt(baseline['minority_recall'])} |",
+        f"| macro one-vs-rest ROC AUC | {_fmt(metrics['macro_roc_auc'])} | 0.500 |",
+        "",
+        "| class | precision | recall | F1 | ROC AUC | support |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])}"
+            f" | {_fmt(row['roc_auc'])} | {row['support']} |"
+        )
+    lines += [
+        "",
+        "## Where the model looks",
+        "",
+        f"Over {lesion['num_images']} test images with an annotated lesion, the fraction of the"
+        f" map's mass inside the lesion: attention map {_fmt(lesion['attention_mass'])},"
+        f" class activation map {_fmt(lesion['cam_mass'])}; a uniform map would give the mean"
+        f" lesion area, {_fmt(lesion['lesion_area_fraction'])}.",
+        "",
+        "## Figures",
+        "",
+        "![training curves](plots/curves.png)",
+        "",
+        "![confusion matrix](plots/confusion_matrix.png)",
+        "",
+        "![attention overlays](plots/attention.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
