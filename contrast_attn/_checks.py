@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "check_bool",
     "check_bool_mask",
     "check_choice",
     "check_feature_map",
@@ -173,6 +174,13 @@ def check_int(value: Any, name: str, *, low: int | None = None) -> int:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """Raise TypeError unless ``value`` is a ``bool`` (not an int or a tensor); return it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return value
+
+
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """Raise ValueError unless ``value`` is one of ``choices``; return it."""
     if value not in choices:
@@ -214,8 +222,13 @@ def check_bool_mask(mask: Any, name: str, shape: tuple[int, ...], layout: str) -
         )
     if tensor.dtype == torch.bool:
         return tensor
-    if not torch.compiler.is_compiling() and not bool(((tensor == 0) | (tensor == 1)).all()):
-        raise ValueError(f"{name} must hold only 0/1 (or be a bool tensor), got other values")
+    if not torch.compiler.is_compiling():
+        other = (tensor != 0) & (tensor != 1)
+        if bool(other.any()):
+            raise ValueError(
+                f"{name} must hold only 0/1 (or be a bool tensor), got other values: "
+                f"{torch.unique(tensor[other])[:5].tolist()}"
+            )
     return tensor != 0
 
 
@@ -229,10 +242,15 @@ def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str)
         )
 
 
-def check_feature_map(value: Any, name: str) -> torch.Tensor:
-    """Check a floating-point feature map of shape ``[B, C, H, W]``; return it."""
+def check_feature_map(value: Any, name: str, channels: int | None = None) -> torch.Tensor:
+    """Check a floating-point feature map ``[B, C, H, W]`` (with ``C = channels`` if given)."""
     tensor = check_floating_tensor(value, name)
     check_ndim(tensor, name, (4,), "[B, C, H, W]")
+    if channels is not None and tensor.shape[1] != channels:
+        raise ValueError(
+            f"{name} must have in_channels = {channels} channels ([B, C, H, W]), got shape "
+            f"{tuple(tensor.shape)}"
+        )
     return tensor
 
 

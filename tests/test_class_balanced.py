@@ -295,6 +295,39 @@ def test_autocast_and_half_logits_stay_finite(
     assert torch.isfinite(loss) and bool(torch.isfinite(half.grad).all())
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.99])
+def test_focal_agrees_with_torchvision(beta: float) -> None:
+    # An independent implementation: torchvision's sigmoid focal loss (alpha=-1: no
+    # alpha weighting), times our per-sample class weight, over the positive labels.
+    ops = pytest.importorskip("torchvision.ops")
+    logits, target = _logits(), torch.tensor([0, 0, 1, 2, 3, 4, 0])
+    one_hot = F.one_hot(target, 5).double()
+    per_sample = ops.sigmoid_focal_loss(logits, one_hot, alpha=-1, gamma=1.5).sum(dim=1)
+    alpha = class_balanced_weights(COUNTS, beta)[target]
+    expected = (alpha * per_sample).sum() / 7
+    ours = class_balanced_loss(logits, target, COUNTS, beta=beta, loss_type="focal", gamma=1.5)
+    torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_integer_targets_of_any_width(loss_type: str, dtype: torch.dtype) -> None:
+    # int32/uint8 class indices once crashed (one_hot wants int64; a uint8 index is a mask).
+    logits, target = _logits(), torch.tensor([0, 0, 1, 2, 3, 4, 0])
+    expected = class_balanced_loss(logits, target, COUNTS, beta=0.99, loss_type=loss_type)
+    got = class_balanced_loss(logits, target.to(dtype), COUNTS, beta=0.99, loss_type=loss_type)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_counts_as_numpy_array() -> None:
+    np = pytest.importorskip("numpy")
+    counts = np.array(COUNTS)
+    torch.testing.assert_close(
+        class_balanced_weights(counts, 0.99), class_balanced_weights(COUNTS, 0.99)
+    )
+    assert ClassBalancedLoss(counts).counts.tolist() == COUNTS
+
+
 def test_focal_is_stable_for_large_logits() -> None:
     logits = torch.tensor([[-120.0, 120.0, 0.0], [90.0, -90.0, 3.0]], requires_grad=True)
     target = torch.tensor([0, 0])
@@ -319,7 +352,7 @@ def test_focal_is_stable_for_large_logits() -> None:
         ({"counts": [5, 2]}, ValueError, r"one entry per class, C = 3, got 2"),
         ({"counts": [[5, 2, 1]]}, ValueError, r"counts must have shape \[C\]"),
         ({"counts": torch.tensor([True, True, True])}, TypeError, "integer sample counts"),
-        ({"counts": "abc"}, TypeError, "counts must be a tensor or a sequence"),
+        ({"counts": "abc"}, TypeError, "counts must be a tensor, an array or a sequence"),
         ({"counts": [5, 0, 2]}, ValueError, r"no sample of class\(es\) \[1\]"),
         ({"beta": 1.0}, ValueError, r"beta must be in \[0.0, 1.0\), got 1.0"),
         ({"beta": -0.1}, ValueError, r"beta must be in \[0.0, 1.0\)"),
@@ -342,7 +375,7 @@ def test_focal_is_stable_for_large_logits() -> None:
         (
             {"target": torch.full((3, 3), 2.0), "loss_type": "sigmoid"},
             ValueError,
-            r"values in \[0, 1\]",
+            r"values in \[0, 1\], got values in \[2.0, 2.0\]",
         ),
         (
             {"target": torch.zeros(3, 2), "loss_type": "focal"},
@@ -470,3 +503,7 @@ def test_update_accumulates_counts() -> None:
     torch.testing.assert_close(criterion.weights(), class_balanced_weights([2, 2, 1], 0.9))
     with pytest.raises(ValueError, match=r"multi-hot labels must have shape \[N, C\] = \[N, 3\]"):
         criterion.update(torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"multi-hot labels must hold only 0/1.*got \[2\]"):
+        criterion.update(torch.tensor([[0, 2, 1]]))
+    with pytest.raises(ValueError, match=r"C = 4, got 3 entries \(C is given by logits"):
+        criterion(torch.zeros(2, 4), torch.tensor([0, 1]))

@@ -211,6 +211,17 @@ def test_empty_mask_is_a_no_lesion_target() -> None:
     assert prob.grad is not None and bool((prob.grad > 0).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.float16])
+def test_masks_of_any_dtype_give_the_float_result(dtype: torch.dtype) -> None:
+    logits = torch.randn(3, 1, 5, 5)
+    mask = lesion_masks(3, 13)  # 13 × 13 → 5 × 5: fractional coverage
+    for kind in ("bce", "mse", "dice"):
+        torch.testing.assert_close(
+            mask_guidance_loss(logits, mask.to(dtype), kind=kind, from_logits=True),
+            mask_guidance_loss(logits, mask, kind=kind, from_logits=True),
+        )
+
+
 def test_logits_and_probabilities_agree() -> None:
     logits = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     mask = lesion_masks(3, 12).double()
@@ -304,6 +315,17 @@ def test_cam_equals_reference_loop_and_the_classifier() -> None:
     torch.testing.assert_close(no_bias + fc.bias[target][:, None, None, None], cam)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_cam_accepts_integer_targets_of_any_width(dtype: torch.dtype) -> None:
+    # A uint8 target once indexed fc_weight as a boolean mask (an IndexError).
+    features, weight = torch.randn(2, 4, 3, 3), torch.randn(3, 4)
+    target = torch.tensor([2, 0])
+    torch.testing.assert_close(
+        class_activation_map(features, weight, target.to(dtype)),
+        class_activation_map(features, weight, target),
+    )
+
+
 def test_cam_gradcheck_and_guidance() -> None:
     features = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
@@ -342,7 +364,7 @@ M = torch.zeros(2, 1, 8, 8)
         (lambda: mask_guidance_loss(A, M, smooth=0.0), ValueError, "smooth must be in"),
         (lambda: mask_guidance_loss(A, M, reduction="max"), ValueError, "reduction must be"),
         (lambda: mask_guidance_loss(A, M, valid=torch.ones(3)), ValueError, r"valid must have shape \[B\]"),
-        (lambda: mask_guidance_loss(A, M, valid=torch.full((2,), 2)), ValueError, "valid must hold only 0/1"),
+        (lambda: mask_guidance_loss(A, M, valid=torch.full((2,), 2)), ValueError, r"valid must hold only 0/1.*got other values: \[2\]"),
         (lambda: mask_guidance_loss(A, M, from_logits=1), TypeError, "from_logits must be a bool"),
         (lambda: mask_guidance_loss(A * float("nan"), M, from_logits=True), ValueError, "attention must be finite"),
         (lambda: resize_mask(M, (0, 3)), ValueError, "size must be a pair of positive ints"),
@@ -352,7 +374,11 @@ M = torch.zeros(2, 1, 8, 8)
         (lambda: class_activation_map(A, torch.rand(3, 1), torch.zeros(2)), TypeError, "target must be an integer"),
         (lambda: class_activation_map(A, torch.rand(3, 1), torch.tensor([0, 3])), ValueError, r"target must hold class indices in \[0, 3\)"),
         (lambda: class_activation_map(A, torch.rand(3, 1), torch.tensor([0, 1]), fc_bias=torch.rand(2)), ValueError, r"fc_bias must have shape \[K\]"),
+        (lambda: class_activation_map(A / 0, torch.rand(3, 1), torch.tensor([0, 1])), ValueError, "features must be finite"),
+        (lambda: class_activation_map(A, torch.rand(3, 1), torch.tensor([0, 1]), fc_bias=torch.zeros(3, dtype=torch.long)), TypeError, "fc_bias must be a floating"),
         (lambda: MaskGuidanceLoss("hinge"), ValueError, "kind must be one of"),
+        (lambda: MaskGuidanceLoss(from_logits=1), TypeError, r"from_logits must be a bool, got 1 \(int\)"),
+        (lambda: MaskGuidanceLoss(smooth=-1.0), ValueError, r"smooth must be in \(0.0, inf\], got -1.0"),
     ],
 )  # fmt: skip
 def test_bad_input_raises_clear_error(call, error: type[Exception], message: str) -> None:  # type: ignore[no-untyped-def]

@@ -185,6 +185,32 @@ def test_fewer_than_two_lesions_give_zero_attached_to_the_graph(mask: torch.Tens
     assert invalid.item() == 0.0
 
 
+def test_zero_result_still_gives_the_head_a_gradient() -> None:
+    # DistributedDataParallel waits for a gradient of every parameter: a batch without
+    # two lesions must not leave the projection head out of the graph.
+    regularizer = ContrastiveFeatureRegularizer(8, projection_dim=4)
+    features = torch.randn(3, 8, 4, 4, requires_grad=True)
+    loss = regularizer(features, torch.zeros(3, 1, 8, 8))
+    assert loss.item() == 0.0 and int(regularizer.last_num_anchors) == 0
+    loss.backward()
+    for parameter in regularizer.parameters():
+        assert parameter.grad is not None and bool((parameter.grad == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_without_autocast(dtype: torch.dtype) -> None:
+    # A model cast with .to(dtype) once failed: float32 pooled vectors met a half head.
+    regularizer = ContrastiveFeatureRegularizer(8, projection_dim=4, temperature=0.5)
+    features = torch.randn(6, 8, 4, 4)
+    mask, labels = lesion_batch().float(), torch.tensor(LABELS)
+    exact = regularizer(features, mask, labels)
+    low = regularizer.to(dtype)(features.to(dtype).requires_grad_(), mask, labels)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    torch.testing.assert_close(low, exact, rtol=0.05, atol=0.05)
+    low.backward()
+    assert all(torch.isfinite(p.grad).all() for p in regularizer.parameters() if p.grad is not None)
+
+
 def test_gradcheck_with_and_without_projection() -> None:
     features = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     mask = lesion_batch(4, 9)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +28,7 @@ LOSS_TYPES = ("softmax", "sigmoid", "focal")
 NORMALIZATIONS = ("reference", "weight_sum")
 ZERO_COUNTS = ("error", "as_one", "zero_weight")
 
-Counts = Union[torch.Tensor, Sequence[int], Sequence[float]]
+Counts = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[float]]
 
 
 def _preview(values: torch.Tensor, limit: int = 5) -> str:
@@ -37,13 +38,18 @@ def _preview(values: torch.Tensor, limit: int = 5) -> str:
     return f"[{', '.join(str(v) for v in items)}{more}]"
 
 
-def check_counts(counts: Counts, num_classes: int | None = None) -> torch.Tensor:
-    """Validate per-class sample counts; return them as a float64 ``[C]`` tensor."""
+def check_counts(
+    counts: Counts, num_classes: int | None = None, *, source: str = "num_classes"
+) -> torch.Tensor:
+    """Validate per-class sample counts; return them as a float64 ``[C]`` tensor.
+
+    ``source`` names where ``num_classes`` comes from, for the message.
+    """
     if not isinstance(counts, torch.Tensor):
-        if not isinstance(counts, Sequence) or isinstance(counts, str):
+        if isinstance(counts, str) or not isinstance(counts, (Sequence, np.ndarray)):
             raise TypeError(
-                f"counts must be a tensor or a sequence of per-class sample counts, got "
-                f"{type(counts).__name__}"
+                f"counts must be a tensor, an array or a sequence of per-class sample counts, "
+                f"got {type(counts).__name__}"
             )
         counts = torch.as_tensor(counts)
     if counts.dtype == torch.bool or counts.is_complex():
@@ -56,7 +62,7 @@ def check_counts(counts: Counts, num_classes: int | None = None) -> torch.Tensor
     if num_classes is not None and counts.shape[0] != num_classes:
         raise ValueError(
             f"counts must have one entry per class, C = {num_classes}, got {counts.shape[0]} "
-            f"entries"
+            f"entries (C is given by {source})"
         )
     counts = counts.to(torch.float64)
     if not torch.compiler.is_compiling():
@@ -101,14 +107,14 @@ def effective_number(counts: Counts, beta: float) -> torch.Tensor:
 
     Args:
         counts: ``[C]`` non-negative whole numbers of samples per class (a tensor
-            of any real dtype, or a sequence).
+            of any real dtype, a NumPy array, or a sequence).
         beta: :math:`\beta \in [0, 1)`.
 
     Returns:
         ``[C]`` float64 tensor, on the device of ``counts``.
 
     Raises:
-        TypeError: ``counts`` is not a tensor or sequence of numbers.
+        TypeError: ``counts`` is not a tensor, array or sequence of numbers.
         ValueError: ``counts`` not 1-D, empty, negative or not whole numbers;
             ``beta`` outside ``[0, 1)``.
 
@@ -178,7 +184,7 @@ def class_balanced_weights(
         ``[C]`` float64 weights, on the device of ``counts``.
 
     Raises:
-        TypeError: ``counts`` is not a tensor or sequence of numbers.
+        TypeError: ``counts`` is not a tensor, array or sequence of numbers.
         ValueError: Bad ``counts`` or ``beta``; a class with zero samples and
             ``zero_count="error"``.
 
@@ -246,8 +252,12 @@ def _check_target(
         if target.is_complex():
             raise TypeError(f"multi-hot target must be real or bool, got dtype {target.dtype}")
         _checks.check_finite(target, "target")
-        if not torch.compiler.is_compiling() and bool(((target < 0) | (target > 1)).any()):
-            raise ValueError("multi-hot target must hold values in [0, 1], got values outside")
+        if not torch.compiler.is_compiling() and target.numel() > 0:
+            low, high = float(target.min()), float(target.max())
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"multi-hot target must hold values in [0, 1], got values in [{low}, {high}]"
+                )
         return target
     _checks.check_labels(target, "target", batch)
     if not torch.compiler.is_compiling():
@@ -264,7 +274,7 @@ def _check_target(
 def _binary_terms(x: torch.Tensor, y: torch.Tensor, loss_type: str, gamma: float) -> torch.Tensor:
     """Per-element sigmoid cross-entropy, times the focal modulator for ``"focal"``."""
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-    if loss_type == "sigmoid" or gamma == 0.0:
+    if loss_type == "sigmoid":
         return bce
     # The reference's exp(-gamma*y*x - gamma*log1p(exp(-x))), with log1p(exp(-x)) written
     # as -logsigmoid(x) so that it cannot overflow: (1 - p)**gamma for y = 1, p**gamma for y = 0.
@@ -336,7 +346,7 @@ def class_balanced_loss(
         logits: ``[B, C]`` unnormalised scores.
         target: ``[B]`` integer class indices (``ignore_index`` allowed), or for
             ``"sigmoid"``/``"focal"`` a multi-hot ``[B, C]`` tensor with values in [0, 1].
-        counts: ``[C]`` training samples per class (tensor or sequence).
+        counts: ``[C]`` training samples per class (tensor, NumPy array or sequence).
         beta: :math:`\beta \in [0, 1)` of the effective number; 0 means no re-weighting.
         loss_type: ``"softmax"``, ``"sigmoid"`` or ``"focal"``.
         gamma: Focal exponent :math:`\gamma \ge 0` (``"focal"`` only).
@@ -390,7 +400,7 @@ def class_balanced_loss(
         zero_count,
     )
     num_classes = logits.shape[1]
-    weights = _weights(check_counts(counts, num_classes), beta, zero_count)
+    weights = _weights(check_counts(counts, num_classes, source="logits [B, C]"), beta, zero_count)
     target = _check_target(target, logits, loss_type, ignore_index)
     _checks.check_finite(logits, "logits")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -404,7 +414,8 @@ def class_balanced_loss(
             positives = y.sum()
         else:
             valid = target != ignore_index
-            index = torch.where(valid, target, 0)
+            # int32/uint8 indices are valid targets; one_hot and indexing want int64.
+            index = torch.where(valid, target, 0).long()
             alpha = w[index] * valid
             positives = valid.sum()
             y = F.one_hot(index, num_classes).to(dtype)

@@ -77,6 +77,12 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         TypeError: ``mask`` is not a tensor.
         ValueError: Bad mask shape, values outside [0, 1], or bad ``size``.
 
+    References:
+        The box filter of ``F.interpolate(mode="area")`` (torch's adaptive average
+        pooling), made exact for sizes that do not divide; Li et al., "Tell Me
+        Where to Look: Guided Attention Inference Network", CVPR 2018 (masks
+        supervising a low-resolution map).
+
     Examples:
         >>> import torch
         >>> from contrast_attn.functional import resize_mask
@@ -94,6 +100,14 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     ):
         raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
     return _area_resize(mask, (size[0], size[1]))
+
+
+def check_guidance_args(kind: str, from_logits: bool, smooth: float, reduction: str) -> float:
+    """Validate the hyper-parameters of the guidance loss; return ``smooth`` as a float."""
+    _checks.check_choice(kind, "kind", KINDS)
+    _checks.check_bool(from_logits, "from_logits")
+    _checks.check_reduction(reduction)
+    return _checks.check_float(smooth, "smooth", low=0.0, low_inclusive=False)
 
 
 def mask_guidance_loss(
@@ -175,15 +189,11 @@ def mask_guidance_loss(
         >>> dice.detach()                    # 1 - (2 * 4.5 + 1) / (24.5 + 9 + 1), 24.5 / 25.5
         tensor([0.7101, 0.9608])
     """
+    smooth = check_guidance_args(kind, from_logits, smooth, reduction)
     _checks.check_floating_tensor(attention, "attention")
-    if not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits must be a bool, got {type(from_logits).__name__}")
     attention = _checks.check_spatial_mask(attention, "attention", unit_interval=not from_logits)
     mask = _checks.check_spatial_mask(mask, "mask")
     _checks.check_same_batch(attention, "attention", mask, "mask")
-    _checks.check_choice(kind, "kind", KINDS)
-    smooth = _checks.check_float(smooth, "smooth", low=0.0, low_inclusive=False)
-    _checks.check_reduction(reduction)
     if valid is not None:
         batch = attention.shape[0]
         valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]").to(attention.device)
@@ -247,8 +257,9 @@ def class_activation_map(
         ``[B, 1, H, W]`` in the promoted dtype of ``features`` and ``fc_weight``.
 
     Raises:
-        TypeError: Non-tensor inputs, non-floating features/weights, float targets.
-        ValueError: Bad shapes, channel mismatch, targets outside ``[0, K)``.
+        TypeError: Non-tensor inputs, non-floating features/weights/bias, float targets.
+        ValueError: Bad shapes, channel mismatch, targets outside ``[0, K)``,
+            NaN/Inf features.
 
     References:
         Zhou et al., "Learning Deep Features for Discriminative Localization",
@@ -275,7 +286,15 @@ def class_activation_map(
             f"channels), got shape {tuple(fc_weight.shape)}"
         )
     num_classes = fc_weight.shape[0]
-    target = _checks.check_labels(target, "target", features.shape[0]).to(features.device)
+    if fc_bias is not None:
+        _checks.check_floating_tensor(fc_bias, "fc_bias")
+        if tuple(fc_bias.shape) != (num_classes,):
+            raise ValueError(
+                f"fc_bias must have shape [K] = [{num_classes}], got shape {tuple(fc_bias.shape)}"
+            )
+    target = _checks.check_labels(target, "target", features.shape[0])
+    # int32/uint8 class indices are valid; indexing wants int64 (uint8 would act as a mask).
+    target = target.to(device=features.device, dtype=torch.long)
     if not torch.compiler.is_compiling() and target.numel() > 0:
         low, high = int(target.min()), int(target.max())
         if low < 0 or high >= num_classes:
@@ -283,13 +302,9 @@ def class_activation_map(
                 f"target must hold class indices in [0, {num_classes}), got values in "
                 f"[{low}, {high}]"
             )
+    _checks.check_finite(features, "features")
     dtype = torch.promote_types(features.dtype, fc_weight.dtype)
     cam = torch.einsum("bchw,bc->bhw", features.to(dtype), fc_weight[target].to(dtype))[:, None]
     if fc_bias is None:
         return cam
-    _checks.check_floating_tensor(fc_bias, "fc_bias")
-    if tuple(fc_bias.shape) != (num_classes,):
-        raise ValueError(
-            f"fc_bias must have shape [K] = [{num_classes}], got shape {tuple(fc_bias.shape)}"
-        )
     return cam + fc_bias[target].to(dtype)[:, None, None, None]

@@ -20,6 +20,13 @@ class MaskedPool(NamedTuple):
         background: ``[B, C]`` mean feature over the complement (0 where it is empty).
         lesion_area: ``[B]`` fraction of the feature map that the lesion covers.
         background_area: ``[B]`` ``1 - lesion_area``.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.functional import MaskedPool, masked_average_pool
+        >>> pooled = masked_average_pool(torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2))
+        >>> isinstance(pooled, MaskedPool), pooled.lesion_area, pooled.background
+        (True, tensor([1.]), tensor([[0., 0.]]))
     """
 
     lesion: torch.Tensor
@@ -72,6 +79,11 @@ def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPoo
     Raises:
         TypeError: Non-tensor inputs or non-floating features.
         ValueError: Bad shapes, batch mismatch, mask values outside [0, 1], NaN/Inf.
+
+    References:
+        Zhang et al., "SG-One: Similarity Guidance Network for One-Shot Semantic
+        Segmentation", IEEE Trans. Cybernetics 2020 (masked average pooling);
+        Wei et al., "Deep Pneumonia", 2022 (arXiv:2207.11393).
 
     Examples:
         >>> import torch

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import _checks
 from .._reduction import reduce_loss
@@ -82,9 +83,13 @@ def contrastive_feature_regularizer(
 
     With fewer than two lesion embeddings in the batch (in particular with no
     lesion pixel at all) no anchor has a positive and the result is 0, attached
-    to the graph of ``features`` with a zero gradient (``projection`` is then not
-    called), never NaN. Similarities and log-sum-exp are computed in float32
-    (float64 for float64 input), also under autocast.
+    to the graph of ``features`` with a zero gradient, never NaN. ``projection``
+    is then not called; when it is an ``nn.Module`` its parameters are still
+    attached with a zero gradient, so ``DistributedDataParallel`` sees every
+    parameter used on every rank. The pooled vectors are passed to ``projection``
+    in the dtype of ``features`` (a half-precision model gets half-precision
+    input); similarities and log-sum-exp are computed in float32 (float64 for
+    float64 input), also under autocast.
 
     Args:
         features: ``[B, C, H, W]`` feature map.
@@ -183,13 +188,18 @@ def _regularizer(
     background_index = torch.nonzero(has_background).squeeze(1)
     num_lesion = lesion_index.shape[0]
     if num_lesion < 2:
-        # No anchor can have a positive: a defined 0 that keeps the graph (and DDP) intact.
+        # No anchor can have a positive: a defined 0 that keeps the graph intact, with
+        # the head's parameters attached too (DDP expects every parameter to get a grad).
         zero = pooled.lesion.sum(dim=1) * 0.0
+        if isinstance(projection, nn.Module):
+            for parameter in projection.parameters():
+                if parameter.requires_grad:
+                    zero = zero + parameter.sum().to(zero.dtype) * 0.0
         none = torch.zeros((), dtype=torch.long, device=device)
         return (zero if reduction == "none" else zero.sum()), none
 
     vectors = torch.cat([pooled.lesion[lesion_index], pooled.background[background_index]])
-    projected = vectors if projection is None else projection(vectors)
+    projected = vectors if projection is None else projection(vectors.to(features.dtype))
     if (
         not isinstance(projected, torch.Tensor)
         or projected.ndim != 2

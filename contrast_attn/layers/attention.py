@@ -56,6 +56,15 @@ class MaskGuidedAttention(nn.Module):
         ``[B, 1, h, w]`` or ``[B, h, w]`` in [0, 1] of any resolution and ``valid``
         ``[B]`` bool; returns ``(attended [B, C, H, W], attention [B, 1, H, W])``.
 
+    Raises:
+        TypeError: Bad argument types at construction (``residual`` not a bool,
+            non-int sizes); in the call, non-tensor or non-floating ``features``.
+        ValueError: ``mode`` unknown, ``threshold`` outside (0, 1),
+            ``teacher_forcing`` outside [0, 1], non-positive sizes or an even
+            ``kernel_size``; in the call, ``features`` not ``[B, in_channels, H, W]``,
+            a mask not ``[B, 1, h, w]``/``[B, h, w]`` or outside [0, 1], a batch
+            mismatch, ``valid`` not ``[B]`` 0/1 or given without a mask.
+
     Attributes:
         last_logits: ``[B, 1, H, W]`` attention logits of the last forward call
             (with their graph), or ``None`` before the first call.
@@ -101,8 +110,7 @@ class MaskGuidedAttention(nn.Module):
         self.threshold = _checks.check_float(
             threshold, "threshold", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
-        if not isinstance(residual, bool):
-            raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+        _checks.check_bool(residual, "residual")
         self.teacher_forcing = _checks.check_float(
             teacher_forcing, "teacher_forcing", low=0.0, high=1.0
         )
@@ -128,12 +136,7 @@ class MaskGuidedAttention(nn.Module):
         mask: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _checks.check_feature_map(features, "features")
-        if features.shape[1] != self.in_channels:
-            raise ValueError(
-                f"features must have in_channels = {self.in_channels} channels ([B, C, H, W]), "
-                f"got shape {tuple(features.shape)}"
-            )
+        _checks.check_feature_map(features, "features", self.in_channels)
         batch = features.shape[0]
         if mask is not None:
             mask = _checks.check_spatial_mask(mask, "mask")

@@ -11,12 +11,18 @@ __all__ = ["ProjectionHead"]
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR-style MLP projection head: ``Linear → [BatchNorm] → ReLU → … → Linear``.
+    r"""SimCLR-style MLP projection head: ``Linear → [BatchNorm] → ReLU → … → Linear``.
 
-    ``num_layers`` linear layers; every one but the last is followed by an
-    optional ``BatchNorm1d`` and a ReLU (the head of SimCLR's code, and of
-    lightly's ``SimCLRProjectionHead``). Contrastive losses act on its output;
-    the representation used downstream is its input.
+    ``num_layers`` = :math:`L` linear layers; every one but the last is followed
+    by an optional ``BatchNorm1d`` and a ReLU (the head of SimCLR's code, and of
+    lightly's ``SimCLRProjectionHead``):
+
+    .. math::
+        h_0 = x, \qquad h_l = \mathrm{ReLU}(\mathrm{BN}(W_l h_{l-1})) \ (l < L), \qquad
+        z = W_L h_{L-1} + b_L .
+
+    Contrastive losses act on its output :math:`z`; the representation used
+    downstream is its input :math:`x`.
 
     Args:
         in_features: Size of the input vectors.
@@ -29,6 +35,11 @@ class ProjectionHead(nn.Module):
     Shape:
         ``[N, in_features]`` → ``[N, out_features]``. In training mode with
         ``batch_norm`` a batch needs N >= 2.
+
+    Raises:
+        TypeError: Non-int sizes or a non-bool ``batch_norm``; in the call, a
+            non-tensor or non-floating input.
+        ValueError: Sizes below 1; in the call, an input not ``[N, in_features]``.
 
     References:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual
@@ -57,8 +68,7 @@ class ProjectionHead(nn.Module):
         _checks.check_int(hidden, "hidden_features", low=1)
         _checks.check_int(out_features, "out_features", low=1)
         _checks.check_int(num_layers, "num_layers", low=1)
-        if not isinstance(batch_norm, bool):
-            raise TypeError(f"batch_norm must be a bool, got {type(batch_norm).__name__}")
+        _checks.check_bool(batch_norm, "batch_norm")
         self.in_features = in_features
         self.out_features = out_features
         layers: list[nn.Module] = []

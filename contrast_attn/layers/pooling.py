@@ -26,6 +26,13 @@ class MaskedAveragePool(nn.Module):
         :class:`~contrast_attn.functional.MaskedPool` of ``[B, C]``, ``[B, C]``,
         ``[B]``, ``[B]``.
 
+    Raises:
+        TypeError: As :func:`~contrast_attn.functional.masked_average_pool`.
+        ValueError: As :func:`~contrast_attn.functional.masked_average_pool`.
+
+    References:
+        Zhang et al., "SG-One", IEEE Trans. Cybernetics 2020 (masked average pooling).
+
     Examples:
         >>> import torch
         >>> from contrast_attn import MaskedAveragePool

@@ -35,8 +35,12 @@ def _count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> 
                 f"multi-hot labels must have shape [N, C] = [N, {num_classes}], got shape "
                 f"{tuple(labels.shape)}"
             )
-        if not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError("multi-hot labels must hold only 0/1 (or be a bool tensor)")
+        other = (labels != 0) & (labels != 1)
+        if bool(other.any()):
+            raise ValueError(
+                f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
+                f"{torch.unique(labels[other])[:5].tolist()}"
+            )
         return labels.to(torch.long).sum(dim=0)
     if labels.ndim != 1:
         raise ValueError(
@@ -120,6 +124,14 @@ class ClassBalancedLoss(nn.Module):
         indices) or ``[B, C]`` (multi-hot, sigmoid/focal); returns a scalar
         (``[B]`` for ``reduction="none"``).
 
+    Raises:
+        TypeError: Wrong argument types (see :func:`~contrast_attn.functional.class_balanced_loss`).
+        ValueError: Neither ``counts`` nor ``num_classes``; ``counts`` not matching
+            ``num_classes``, negative or not whole; a class without samples and
+            ``zero_count="error"``; a hyper-parameter out of range. In the call, a
+            ``C`` of the logits other than ``num_classes`` and the errors of
+            :func:`~contrast_attn.functional.class_balanced_loss`.
+
     References:
         Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
         CVPR 2019 (arXiv:1901.05555).
@@ -170,7 +182,8 @@ class ClassBalancedLoss(nn.Module):
         if counts is None:
             if num_classes is None:
                 raise ValueError(
-                    "pass counts, or num_classes to start from zero counts that update() fills"
+                    "pass counts, or num_classes to start from zero counts that update() fills; "
+                    "got counts=None and num_classes=None"
                 )
             buffer = torch.zeros(num_classes, dtype=torch.long)
         else:
@@ -206,6 +219,12 @@ class ClassBalancedLoss(nn.Module):
         Returns:
             The loss with ``counts`` set to the label counts (not all-reduced: pass
             the labels of the whole training set).
+
+        Raises:
+            TypeError: ``labels`` not a tensor of integers (or of 0/1 for multi-hot).
+            ValueError: Labels outside ``[0, C)`` (other than ``ignore_index``), a
+                multi-hot width other than ``C``, a class without samples with
+                ``zero_count="error"``.
         """
         _checks.check_int(num_classes, "num_classes", low=1)
         ignore_index = kwargs.get("ignore_index", -100)
@@ -236,6 +255,10 @@ class ClassBalancedLoss(nn.Module):
 
         Returns:
             The loss with ``counts`` set to the dataset's label counts.
+
+        Raises:
+            TypeError: Items whose label cannot be found.
+            ValueError: As :meth:`from_labels`.
         """
         _checks.check_int(num_classes, "num_classes", low=1)
         ignore_index = kwargs.get("ignore_index", -100)
@@ -270,6 +293,11 @@ class ClassBalancedLoss(nn.Module):
         Args:
             labels: ``[B]`` class indices (``ignore_index`` skipped) or ``[B, C]``
                 multi-hot 0/1 labels.
+
+        Raises:
+            TypeError: ``labels`` not a tensor of integers (or of 0/1 for multi-hot).
+            ValueError: Labels outside ``[0, C)`` (other than ``ignore_index``) or a
+                multi-hot width other than ``C``.
         """
         local = _count_labels(labels, self.num_classes, self.ignore_index)
         self.counts += all_reduce_sum(local.to(self.counts.device))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _checks
-from ..functional.guidance import KINDS, mask_guidance_loss
+from ..functional.guidance import check_guidance_args, mask_guidance_loss
+
+__all__ = ["MaskGuidanceLoss"]
 
 
 class MaskGuidanceLoss(nn.Module):
@@ -28,7 +29,14 @@ class MaskGuidanceLoss(nn.Module):
 
     Shape:
         ``loss(attention, mask, valid=None)`` with ``attention`` ``[B, 1, H, W]``
-        or ``[B, H, W]``, ``mask`` ``[B, 1, h, w]`` or ``[B, h, w]``, ``valid`` ``[B]``.
+        or ``[B, H, W]``, ``mask`` ``[B, 1, h, w]`` or ``[B, h, w]``, ``valid`` ``[B]``;
+        returns a scalar (``[B]`` for ``reduction="none"``).
+
+    Raises:
+        TypeError: ``from_logits`` not a bool; in the call, as
+            :func:`~contrast_attn.functional.mask_guidance_loss`.
+        ValueError: Bad ``kind``, ``smooth`` or ``reduction``; in the call, as
+            :func:`~contrast_attn.functional.mask_guidance_loss`.
 
     References:
         Li et al., "Tell Me Where to Look: Guided Attention Inference Network", CVPR 2018.
@@ -52,11 +60,8 @@ class MaskGuidanceLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        _checks.check_choice(kind, "kind", KINDS)
-        if not isinstance(from_logits, bool):
-            raise TypeError(f"from_logits must be a bool, got {type(from_logits).__name__}")
-        self.smooth = _checks.check_float(smooth, "smooth", low=0.0, low_inclusive=False)
-        self.reduction = _checks.check_reduction(reduction)
+        self.smooth = check_guidance_args(kind, from_logits, smooth, reduction)
+        self.reduction = reduction
         self.kind = kind
         self.from_logits = from_logits
 

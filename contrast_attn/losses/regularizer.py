@@ -9,6 +9,8 @@ from .. import _checks
 from ..functional.regularizer import _check_regularizer_args, _regularizer
 from ..layers.heads import ProjectionHead
 
+__all__ = ["ContrastiveFeatureRegularizer"]
+
 
 class ContrastiveFeatureRegularizer(nn.Module):
     r"""Contrastive term pulling lesion features together, away from the background.
@@ -40,6 +42,13 @@ class ContrastiveFeatureRegularizer(nn.Module):
     Shape:
         ``reg(features [B, C, H, W], mask [B, 1, h, w] or [B, h, w], labels=None [B],
         valid=None [B])`` → scalar (``[B]`` for ``reduction="none"``).
+
+    Raises:
+        TypeError: Non-int ``in_channels``; in the call, as
+            :func:`~contrast_attn.functional.contrastive_feature_regularizer`.
+        ValueError: Bad hyper-parameters; in the call, ``features`` not
+            ``[B, in_channels, H, W]`` and the errors of
+            :func:`~contrast_attn.functional.contrastive_feature_regularizer`.
 
     References:
         Wei et al., "Deep Pneumonia", 2022 (arXiv:2207.11393). Khosla et al.,
@@ -90,12 +99,7 @@ class ContrastiveFeatureRegularizer(nn.Module):
         labels: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        _checks.check_feature_map(features, "features")
-        if features.shape[1] != self.in_channels:
-            raise ValueError(
-                f"features must have in_channels = {self.in_channels} channels ([B, C, H, W]), "
-                f"got shape {tuple(features.shape)}"
-            )
+        _checks.check_feature_map(features, "features", self.in_channels)
         loss, self.last_num_anchors = _regularizer(
             features,
             mask,
