@@ -54,26 +54,28 @@ def _dense_rows(
     temperature: float,
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = keys[anchor_index] @ keys.T / temperature
-    key_index = torch.arange(keys.shape[0], device=keys.device)
-    is_self = key_index[None, :] == anchor_index[:, None]
-    log_prob = logits.masked_fill(is_self, float("-inf")).log_softmax(dim=1)
+    self_col = anchor_index[:, None]
+    # Scale the [n, D] anchors, not the [n, N] logits; mask the self pair in place
+    # (the matmul's backward does not need its output).
+    logits = (keys.index_select(0, anchor_index) / temperature) @ keys.T
+    logits.scatter_(1, self_col, float("-inf"))
+    lse = logits.logsumexp(dim=1)
     if positives.matrix is not None:
-        pos = positives.matrix & ~is_self
+        pos = positives.matrix.clone()
     else:
         labels = positives.key_labels
         assert labels is not None
-        pos = (labels[anchor_index][:, None] == labels[None, :]) & ~is_self
+        pos = labels[anchor_index][:, None] == labels[None, :]
+    pos.scatter_(1, self_col, False)
     num_pos = pos.sum(dim=1)
-    count = num_pos.clamp(min=1).to(log_prob.dtype)
+    count = num_pos.clamp(min=1).to(logits.dtype)
     if variant == "out":
-        loss = -torch.where(pos, log_prob, 0.0).sum(dim=1) / count
+        pos_logit = torch.where(pos, logits, 0.0).sum(dim=1) / count
     else:
         # Rows without a positive get a finite filler so that no NaN gradient appears.
-        filler = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(log_prob.dtype)
-        log_mean_pos = torch.where(pos, log_prob, filler).logsumexp(dim=1) - count.log()
-        loss = torch.where(num_pos > 0, -log_mean_pos, 0.0)
-    return loss, num_pos
+        filler = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(logits.dtype)
+        pos_logit = torch.where(pos, logits, filler).logsumexp(dim=1) - count.log()
+    return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
 
 
 def contrastive_rows(
