@@ -25,7 +25,7 @@ NO_POSITIVE = ("ignore", "zero", "error")
 
 # Above this many anchor-key pairs the tiled kernel is used automatically
 # (the dense path would hold several [n, N] float32 matrices at once).
-DENSE_MAX_PAIRS = 4096 * 4096
+DENSE_MAX_PAIRS = 1024 * 1024
 
 
 @dataclass(frozen=True)
