@@ -22,7 +22,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_sum", "gather_with_grad", "is_distributed", "rank_and_world_size"]
+__all__ = [
+    "all_reduce_sum",
+    "gather_variable_with_grad",
+    "gather_with_grad",
+    "is_distributed",
+    "rank_and_world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -78,6 +84,43 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     out: torch.Tensor = _GatherWithGrad.apply(tensor)
     return out
+
+
+def gather_variable_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather ``tensor`` along dim 0 when ranks hold different numbers of rows.
+
+    The row counts are all-gathered first; each rank pads its rows with zeros to
+    the largest count, :func:`gather_with_grad` gathers the padded blocks, and the
+    padding rows are dropped again. Gradients flow back to every rank's own rows as
+    with :func:`gather_with_grad`. A rank with no row still takes part in the
+    collectives (every rank must call this function). Outside a process group (or
+    with one rank) the tensor is returned unchanged.
+
+    Args:
+        tensor: ``[B_r, ...]`` on rank :math:`r`; the trailing dimensions, dtype and
+            device agree on every rank.
+
+    Returns:
+        ``(gathered, offset)``: ``[B_0 + B_1 + ..., ...]``, rank 0's rows first, and
+        the index of this rank's first row in it, :math:`B_0 + ... + B_{r-1}`.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.distributed import gather_variable_with_grad
+        >>> rows, offset = gather_variable_with_grad(torch.ones(3, 2))  # no process group
+        >>> rows.shape, offset
+        (torch.Size([3, 2]), 0)
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return tensor, 0
+    counts = gather_no_grad(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    longest = max(counts)
+    if longest == 0:
+        return tensor, 0
+    padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+    gathered = gather_with_grad(torch.cat([tensor, padding]))
+    rows = [gathered[r * longest : r * longest + count] for r, count in enumerate(counts)]
+    return torch.cat(rows), sum(counts[: dist.get_rank()])
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from contrast_attn import ClassBalancedLoss
+from tests._dist import free_port
 
 WORLD_SIZE = 2
 NUM_CLASSES = 4
@@ -19,13 +18,6 @@ RANK_BATCHES = {
     1: [torch.tensor([2, 2, 2, 0]), torch.tensor([1])],
 }
 GLOBAL_COUNTS = [3, 2, 3, 1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _worker(rank: int, port: int) -> None:
@@ -51,4 +43,4 @@ def _worker(rank: int, port: int) -> None:
 def test_update_all_reduces_counts_across_ranks() -> None:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)

@@ -280,6 +280,27 @@ def test_module_owns_the_head_and_counts_anchors() -> None:
     assert "temperature=0.2" in repr(regularizer)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gather_without_process_group_equals_no_gather(reduction: str) -> None:
+    # The DDP equivalence itself is in test_distributed.py.
+    assert not torch.distributed.is_available() or not torch.distributed.is_initialized()
+    features = torch.randn(6, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    mask, labels = lesion_batch(), torch.tensor(LABELS)
+    plain = contrastive_feature_regularizer(features, mask, labels, reduction=reduction)
+    gathered = contrastive_feature_regularizer(
+        features, mask, labels, reduction=reduction, gather=True
+    )
+    torch.testing.assert_close(gathered, plain, rtol=0, atol=0)
+    (plain_grad,) = torch.autograd.grad(plain.sum(), features)
+    (gathered_grad,) = torch.autograd.grad(gathered.sum(), features)
+    torch.testing.assert_close(gathered_grad, plain_grad, rtol=0, atol=0)
+    regularizer = ContrastiveFeatureRegularizer(5, projection_dim=3, reduction=reduction).double()
+    module_plain = regularizer(features, mask, labels)
+    regularizer.gather = True
+    torch.testing.assert_close(regularizer(features, mask, labels), module_plain, rtol=0, atol=0)
+    assert "gather=True" in repr(regularizer)
+
+
 F4 = torch.randn(2, 3, 4, 4)
 M4 = torch.ones(2, 1, 8, 8)
 
@@ -299,6 +320,8 @@ M4 = torch.ones(2, 1, 8, 8)
         (lambda: contrastive_feature_regularizer(F4, M4, min_area=1.0), ValueError, r"min_area must be in \[0.0, 1.0\)"),
         (lambda: contrastive_feature_regularizer(F4, M4, reduction="max"), ValueError, "reduction must be"),
         (lambda: contrastive_feature_regularizer(F4, M4, projection=3), TypeError, "projection must be callable"),
+        (lambda: contrastive_feature_regularizer(F4, M4, gather=1), TypeError, "gather must be a bool"),
+        (lambda: ContrastiveFeatureRegularizer(3, gather="yes"), TypeError, "gather must be a bool"),
         (lambda: contrastive_feature_regularizer(F4, M4 * 0.5, projection=lambda v: v[0]), ValueError, r"projection must map pooled vectors \[M, C\]"),
         (lambda: contrastive_feature_regularizer(F4 * float("inf"), M4), ValueError, "features must be finite"),
         (lambda: ContrastiveFeatureRegularizer(4)(F4, M4), ValueError, "features must have in_channels = 4"),

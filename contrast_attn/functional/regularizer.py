@@ -10,22 +10,25 @@ from torch import nn
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .contrastive import VARIANTS, Positives, _compute_dtype, contrastive_rows
+from ..distributed import all_reduce_sum, gather_variable_with_grad, rank_and_world_size
+from .contrastive import VARIANTS, Positives, _check_common, _compute_dtype, contrastive_rows
 from .pooling import _masked_pool
 
 __all__ = ["contrastive_feature_regularizer"]
 
 
 def _check_regularizer_args(
-    temperature: float, variant: str, min_area: float, reduction: str, chunk_size: int | None
+    temperature: float,
+    variant: str,
+    min_area: float,
+    reduction: str,
+    gather: bool,
+    chunk_size: int | None,
 ) -> tuple[float, float]:
     """Validate the hyper-parameters; return ``(temperature, min_area)``."""
-    temperature = _checks.check_float(temperature, "temperature", low=0.0, low_inclusive=False)
+    temperature = _check_common(temperature, reduction, gather, chunk_size)
     _checks.check_choice(variant, "variant", VARIANTS)
     min_area = _checks.check_float(min_area, "min_area", low=0.0, high=1.0, high_inclusive=False)
-    _checks.check_reduction(reduction)
-    if chunk_size is not None:
-        _checks.check_int(chunk_size, "chunk_size", low=1)
     return temperature, min_area
 
 
@@ -40,6 +43,7 @@ def contrastive_feature_regularizer(
     variant: str = "out",
     min_area: float = 0.0,
     reduction: str = "mean",
+    gather: bool = False,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     r"""Supervised-contrastive term on pooled lesion and background features.
@@ -91,6 +95,18 @@ def contrastive_feature_regularizer(
     input); similarities and log-sum-exp are computed in float32 (float64 for
     float64 input), also under autocast.
 
+    With ``gather=True`` under ``torch.distributed`` the projected embeddings
+    (lesion and background, in numbers that may differ per rank) and their labels
+    are all-gathered with gradients (:func:`~contrast_attn.distributed.gather_variable_with_grad`);
+    each rank's anchors are its own lesion embeddings, contrasted with the keys of
+    every rank, and the mean is taken over the global anchor count divided by the
+    world size. The mean of the ranks' losses, and with ``DistributedDataParallel``
+    the gradients, are then those of one process on the concatenated batch, as
+    long as ``projection`` maps each vector on its own (a batch-normalised head
+    uses per-rank statistics). A rank without lesion embeddings still takes part
+    in every collective and contributes a graph-connected 0; with fewer than two
+    lesion embeddings in the global batch every rank returns 0.
+
     Args:
         features: ``[B, C, H, W]`` feature map.
         mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1], any resolution.
@@ -106,6 +122,8 @@ def contrastive_feature_regularizer(
             the feature map, in [0, 1).
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``
             (``[B]``: image :math:`b`'s anchor loss, 0 where it is no such anchor).
+        gather: All-gather embeddings across ``torch.distributed`` ranks (with
+            gradients), as above; outside a process group the same as ``False``.
         chunk_size: Rows per tile of the memory-bounded kernel; ``None`` = automatic.
 
     Returns:
@@ -145,6 +163,7 @@ def contrastive_feature_regularizer(
         variant=variant,
         min_area=min_area,
         reduction=reduction,
+        gather=gather,
         chunk_size=chunk_size,
     )[0]
 
@@ -160,6 +179,7 @@ def _regularizer(
     variant: str,
     min_area: float,
     reduction: str,
+    gather: bool,
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`contrastive_feature_regularizer` and the number of anchors with a positive."""
@@ -167,7 +187,7 @@ def _regularizer(
     mask = _checks.check_spatial_mask(mask, "mask")
     _checks.check_same_batch(features, "features", mask, "mask")
     temperature, min_area = _check_regularizer_args(
-        temperature, variant, min_area, reduction, chunk_size
+        temperature, variant, min_area, reduction, gather, chunk_size
     )
     if projection is not None and not callable(projection):
         raise TypeError(f"projection must be callable or None, got {type(projection).__name__}")
@@ -187,7 +207,12 @@ def _regularizer(
     lesion_index = torch.nonzero(has_lesion).squeeze(1)
     background_index = torch.nonzero(has_background).squeeze(1)
     num_lesion = lesion_index.shape[0]
-    if num_lesion < 2:
+    world = rank_and_world_size()[1] if gather else 1
+    # Every rank takes the same branch: the count is global under gather.
+    total_lesion = (
+        int(all_reduce_sum(torch.tensor(num_lesion, device=device))) if gather else num_lesion
+    )
+    if total_lesion < 2:
         # No anchor can have a positive: a defined 0 that keeps the graph intact, with
         # the head's parameters attached too (DDP expects every parameter to get a grad).
         zero = pooled.lesion.sum(dim=1) * 0.0
@@ -211,16 +236,29 @@ def _regularizer(
             f"tensor [M, D], got {_checks._describe(projected)}"
         )
     lesion_labels = (
-        labels[lesion_index] if labels is not None else lesion_index.new_zeros(num_lesion)
+        labels[lesion_index].long() if labels is not None else lesion_index.new_zeros(num_lesion)
     )
-    # Background keys get a label that no anchor has: negatives only.
-    background_label = lesion_labels.max() + 1
-    key_labels = torch.cat([lesion_labels, background_label.expand(background_index.shape[0])])
+    # Per key row: (class, is it a lesion embedding); background rows get class 0 for now.
+    key_info = torch.stack(
+        [
+            torch.cat([lesion_labels, lesion_index.new_zeros(background_index.shape[0])]),
+            (torch.arange(vectors.shape[0], device=device) < num_lesion).long(),
+        ],
+        dim=1,
+    )
     with torch.autocast(device_type=device.type, enabled=False):
         keys = F.normalize(projected.to(_compute_dtype(projected)), dim=1)
+        offset = 0
+        if gather:
+            # Own lesion anchors against the keys of every rank; this rank's rows start at offset.
+            keys, offset = gather_variable_with_grad(keys)
+            key_info = gather_variable_with_grad(key_info)[0]
+        key_labels, is_lesion = key_info.unbind(dim=1)
+        # Background keys get a label that no anchor has: negatives only.
+        key_labels = torch.where(is_lesion.bool(), key_labels, key_labels.max() + 1)
         rows, num_pos = contrastive_rows(
             keys,
-            torch.arange(num_lesion, device=device),
+            offset + torch.arange(num_lesion, device=device),
             Positives(key_labels=key_labels),
             temperature=temperature,
             variant=variant,
@@ -229,4 +267,7 @@ def _regularizer(
     num_anchors = (num_pos > 0).sum()
     if reduction == "none":
         return rows.new_zeros(batch).scatter(0, lesion_index, rows), num_anchors
+    if gather and reduction == "mean":
+        # Global count / world size: the mean over ranks of the rank losses is the global mean.
+        return reduce_loss(rows, reduction, all_reduce_sum(num_anchors) / world), num_anchors
     return reduce_loss(rows, reduction, num_anchors), num_anchors

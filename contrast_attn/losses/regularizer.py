@@ -26,8 +26,8 @@ class ContrastiveFeatureRegularizer(nn.Module):
             {\sum_{k \in L \setminus \{i\}} e^{z_i \cdot z_k / \tau} + \sum_{j \in N} e^{z_i \cdot n_j / \tau}} .
 
     After each call :attr:`last_num_anchors` holds the number of lesion anchors
-    that had a positive (a 0-d long tensor): 0 means the term was 0 for want of
-    lesions.
+    that had a positive (a 0-d long tensor; this rank's own anchors under
+    ``gather``): 0 means the term was 0 for want of lesions.
 
     Args:
         in_channels: Channels :math:`C` of the feature map.
@@ -37,6 +37,10 @@ class ContrastiveFeatureRegularizer(nn.Module):
         variant: ``"out"`` or ``"in"``.
         min_area: A region takes part when it covers more than this fraction of the map.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather: All-gather the embeddings across ``torch.distributed`` ranks (with
+            gradients): each rank's lesion anchors meet the keys of every rank, and
+            the mean of the ranks' losses is the loss of the whole batch (the head's
+            batch normalisation keeps per-rank statistics).
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
 
     Shape:
@@ -78,17 +82,19 @@ class ContrastiveFeatureRegularizer(nn.Module):
         variant: str = "out",
         min_area: float = 0.0,
         reduction: str = "mean",
+        gather: bool = False,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.temperature, self.min_area = _check_regularizer_args(
-            temperature, variant, min_area, reduction, chunk_size
+            temperature, variant, min_area, reduction, gather, chunk_size
         )
         _checks.check_int(in_channels, "in_channels", low=1)
         self.in_channels = in_channels
         self.projection = ProjectionHead(in_channels, hidden_dim, projection_dim)
         self.variant = variant
         self.reduction = reduction
+        self.gather = gather
         self.chunk_size = chunk_size
         self.last_num_anchors = None
 
@@ -110,6 +116,7 @@ class ContrastiveFeatureRegularizer(nn.Module):
             variant=self.variant,
             min_area=self.min_area,
             reduction=self.reduction,
+            gather=self.gather,
             chunk_size=self.chunk_size,
         )
         return loss
@@ -117,5 +124,6 @@ class ContrastiveFeatureRegularizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, temperature={self.temperature}, "
-            f"variant={self.variant!r}, min_area={self.min_area}, reduction={self.reduction!r}"
+            f"variant={self.variant!r}, min_area={self.min_area}, reduction={self.reduction!r}, "
+            f"gather={self.gather}"
         )
