@@ -13,8 +13,11 @@ The objective of one batch is
 - :math:`L_{reg}`: :class:`~contrast_attn.ContrastiveFeatureRegularizer` on the
   attended stage's feature map (``regularizer``).
 
-The weights with the best validation macro-F1 are kept in ``checkpoints/best.pt``;
-evaluation uses them.
+AdamW trains everything with cosine decay; the attention scorer's learning rate is
+``attention_lr_scale`` times the others' (Adam's steps are bounded by the learning
+rate whatever the loss weight, and the small scorer must learn its map within the
+short run). The weights with the best validation macro-F1 are kept in
+``checkpoints/best.pt``; evaluation uses them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def build_net(cfg: Config, backbone: Backbone, num_classes: int) -> DeepPneumoni
         attention_mode=cfg.attention_mode,
         attention_residual=cfg.attention_residual,
         teacher_forcing=cfg.teacher_forcing,
+        attention_prior=cfg.attention_prior,
     )
 
 
@@ -119,13 +123,24 @@ def finetune(
     seed_everything(cfg.seed, "finetune")
     counts = splits.train.class_counts()
     net = build_net(cfg, pretrained_backbone(cfg, out), len(splits.class_names))
+    annotated = any(bool(splits.train[i]["mask_valid"]) for i in range(len(splits.train)))
+    net.guided.fill_(annotated)
+    if cfg.attention and not annotated and rt.is_main:
+        print("no training image has a lesion mask: unguided attention, soft gate f * (1 + a)")
     objective = FinetuneObjective(cfg, net, counts)
     model = rt.wrap(objective, find_unused=cfg.regularizer)
     dataset = splits.train.with_transform(train_transform(cfg.image_size) if cfg.augment else None)
     loader = make_loader(
         dataset, cfg.batch_size, rt, train=True, seed=cfg.seed, num_workers=cfg.num_workers
     )
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scorer = list(net.attention.parameters()) if net.attention is not None else []
+    scorer_ids = {id(p) for p in scorer}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in objective.parameters() if id(p) not in scorer_ids]}
+    ]
+    if scorer:
+        groups.append({"params": scorer, "lr": cfg.lr * cfg.attention_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
 

@@ -11,6 +11,7 @@ feature regulariser, whose projection head lives in the loss module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,16 +153,23 @@ class NetOutput:
 
 
 class DeepPneumoniaNet(nn.Module):
-    """The classifier: backbone, optional mask-guided attention after a late stage, linear head.
+    """The classifier: backbone, optional mask-guided attention after a stage, linear head.
 
     Args:
         backbone: the trunk (pre-trained or not).
         num_classes: number of classes K.
         attention: add :class:`~contrast_attn.MaskGuidedAttention` after ``feature_stage``.
-        feature_stage: 1-based stage (3 or 4) whose output is attended and regularised.
+        feature_stage: 1-based stage (2, 3 or 4) whose output is attended and regularised.
         attention_mode: ``"soft"`` or ``"hard"``.
         attention_residual: gate as ``f * (1 + a)`` (True) or ``f * a`` (False).
         teacher_forcing: probability of gating an annotated training image by its mask.
+        attention_prior: the attention map's initial value everywhere, in (0, 1) (the
+            scorer's output bias is its log-odds; a lesion covers a small part of the image).
+
+    Attributes:
+        guided: bool buffer; when False (set by fine-tuning when no training image has
+            a lesion mask) the features are gated by the soft residual ``f * (1 + a)``
+            whatever ``attention_mode`` and ``attention_residual`` say.
     """
 
     def __init__(
@@ -174,10 +182,13 @@ class DeepPneumoniaNet(nn.Module):
         attention_mode: str = "soft",
         attention_residual: bool = True,
         teacher_forcing: float = 0.0,
+        attention_prior: float = 0.5,
     ) -> None:
         super().__init__()
-        if feature_stage not in (3, 4):
-            raise ValueError(f"feature_stage must be 3 or 4, got {feature_stage}")
+        if not 0.0 < attention_prior < 1.0:
+            raise ValueError(f"attention_prior must lie in (0, 1), got {attention_prior}")
+        if feature_stage not in (2, 3, 4):
+            raise ValueError(f"feature_stage must be 2, 3 or 4, got {feature_stage}")
         self.backbone = backbone
         self.feature_stage = feature_stage
         self.feature_channels = backbone.channels[feature_stage - 1]
@@ -191,7 +202,18 @@ class DeepPneumoniaNet(nn.Module):
             if attention
             else None
         )
+        if self.attention is not None:
+            # Start the map at the prior lesion coverage (Lin et al., focal loss): a zero
+            # bias starts every cell at 0.5, and Adam's bounded steps then spend most of a
+            # short run just lowering the background.
+            prior_logit = math.log(attention_prior / (1 - attention_prior))
+            nn.init.constant_(self.attention.scorer[-1].bias, prior_logit)
         self.classifier = nn.Linear(backbone.channels[-1], num_classes)
+        # Whether a lesion mask guides the attention: fine-tuning clears it when no training
+        # image has one, and the features are then gated softly as f * (1 + a), since an
+        # unguided gate that deletes (hard, f * a, started near 0) would delete every
+        # feature. Saved with the weights so that evaluation agrees.
+        self.register_buffer("guided", torch.tensor(True))
 
     def forward(
         self,
@@ -203,9 +225,8 @@ class DeepPneumoniaNet(nn.Module):
         features = self.backbone.forward_from(x, 0, self.feature_stage)
         attended, attention, attention_logits = features, None, None
         if self.attention is not None:
-            attended, attention = self.attention(
-                features, mask, valid if mask is not None else None
-            )
+            gated, attention = self.attention(features, mask, valid if mask is not None else None)
+            attended = torch.where(self.guided, gated, features * (1 + attention))
             attention_logits = self.attention.last_logits
         final = self.backbone.forward_from(attended, self.feature_stage)
         logits = self.classifier(final.mean(dim=(2, 3)))
