@@ -231,3 +231,19 @@ def test_bad_input_raises_clear_error(call, error: type[Exception], message: str
 def test_repr_names_the_settings() -> None:
     text = repr(MaskGuidedAttention(8, mode="hard", teacher_forcing=0.25))
     assert "mode='hard'" in text and "teacher_forcing=0.25" in text
+
+
+@pytest.mark.parametrize("prior", [0.05, 0.5, 0.9])
+def test_initial_attention_starts_the_map_near_the_prior(prior: float) -> None:
+    torch.manual_seed(0)
+    attn = MaskGuidedAttention(16, initial_attention=prior).eval()
+    _, attention = attn(torch.randn(4, 16, 8, 8))
+    assert abs(float(attention.detach().mean()) - prior) < 0.1
+    default = MaskGuidedAttention(16).eval()
+    assert abs(float(default(torch.randn(4, 16, 8, 8))[1].detach().mean()) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.2, float("nan")])
+def test_initial_attention_outside_unit_interval_is_rejected(bad: float) -> None:
+    with pytest.raises(ValueError, match="initial_attention must"):
+        MaskGuidedAttention(16, initial_attention=bad)

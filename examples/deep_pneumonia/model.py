@@ -11,7 +11,6 @@ feature regulariser, whose projection head lives in the loss module.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,16 +197,13 @@ class DeepPneumoniaNet(nn.Module):
                 mode=attention_mode,
                 residual=attention_residual,
                 teacher_forcing=teacher_forcing,
+                # Start the map at the prior lesion coverage: from 0.5, Adam's bounded
+                # steps spend most of a short run just lowering the background.
+                initial_attention=attention_prior,
             )
             if attention
             else None
         )
-        if self.attention is not None:
-            # Start the map at the prior lesion coverage (Lin et al., focal loss): a zero
-            # bias starts every cell at 0.5, and Adam's bounded steps then spend most of a
-            # short run just lowering the background.
-            prior_logit = math.log(attention_prior / (1 - attention_prior))
-            nn.init.constant_(self.attention.scorer[-1].bias, prior_logit)
         self.classifier = nn.Linear(backbone.channels[-1], num_classes)
         # Whether a lesion mask guides the attention: fine-tuning clears it when no training
         # image has one, and the features are then gated softly as f * (1 + a), since an
