@@ -62,9 +62,7 @@ def set_finite_checks(enabled: bool) -> None:
         >>> contrast_attn.set_finite_checks(True)
     """
     global _FINITE_CHECKS
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-    _FINITE_CHECKS = enabled
+    _FINITE_CHECKS = check_bool(enabled, "enabled")
 
 
 def finite_checks_enabled() -> bool:

@@ -526,7 +526,7 @@ def test_modules_match_functions_and_repr() -> None:
         (
             lambda: nt_xent_loss(torch.randn(4, 2, 8), gather="yes"),
             TypeError,
-            r"gather must be a bool, got str",
+            r"gather must be a bool, got 'yes' \(str\)",
         ),
         (
             lambda: SupConLoss(temperature=-0.1),
@@ -561,5 +561,5 @@ def test_finite_check_can_be_switched_off() -> None:
         assert torch.isnan(nt_xent_loss(features))
     finally:
         contrast_attn.set_finite_checks(True)
-    with pytest.raises(TypeError, match="enabled must be a bool"):
+    with pytest.raises(TypeError, match=r"enabled must be a bool, got 'no' \(str\)"):
         contrast_attn.set_finite_checks("no")  # type: ignore[arg-type]

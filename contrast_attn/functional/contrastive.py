@@ -137,8 +137,7 @@ def _check_common(
 ) -> float:
     temperature = _checks.check_float(temperature, "temperature", low=0.0, low_inclusive=False)
     _checks.check_reduction(reduction)
-    if not isinstance(gather, bool):
-        raise TypeError(f"gather must be a bool, got {type(gather).__name__}")
+    _checks.check_bool(gather, "gather")
     if chunk_size is not None:
         _checks.check_int(chunk_size, "chunk_size", low=1)
     return temperature
