@@ -253,18 +253,27 @@ def test_folder_split_groups_patients(tmp_path: Path) -> None:
 
 def test_folder_corrupt_image_names_the_file(tmp_path: Path) -> None:
     write_folder(tmp_path, corrupt=True)
+    with pytest.raises(ValueError, match=r"img04\.png"):
+        read_folder(tmp_path)
+    # Records checked earlier, a file damaged since: the data set names it too.
+    (tmp_path / "images" / "img04.png").unlink()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "images" / "img04.png")
     records, names = read_folder(tmp_path)
+    (tmp_path / "images" / "img04.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     with pytest.raises(ValueError, match=r"img04\.png"):
         ImageFolderDataset(records, names, image_size=16)
     with pytest.raises(ValueError, match=r"img04\.png"):
         ImageFolderDataset(records, names, image_size=16, cache=True)
 
 
-def test_folder_truncated_image_fails_on_load_naming_the_file(tmp_path: Path) -> None:
+def test_folder_truncated_image_is_found_before_training(tmp_path: Path) -> None:
     write_folder(tmp_path)
+    records, names = read_folder(tmp_path)
     path = tmp_path / "images" / "img01.jpg"
     path.write_bytes(path.read_bytes()[:300])
-    records, names = read_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"img01\.jpg"):
+        read_folder(tmp_path)
+    # A file truncated after the check: at construction (verify) or on load, named.
     with pytest.raises(ValueError, match=r"img01\.jpg"):
         dataset = ImageFolderDataset(records, names, image_size=16)
         dataset[[r.image_id for r in records].index("img01")]

@@ -1,64 +1,93 @@
 """Your own radiographs: a folder of images, labels, and optional masks or boxes.
 
-Layout::
+Two layouts. With a ``labels.csv``::
 
     ROOT/
-      images/      PNG or JPEG, any size, grayscale or RGB (converted to one channel)
-      labels.csv   columns: image, label[, patient_id]
-      masks/       optional: binary lesion masks, same stem as the image, .png/.jpg/.jpeg
-      boxes.csv    optional: columns image, x, y, w, h (pixels of the original image,
+      images/      PNG, JPEG or DICOM, any size (see :mod:`.image_io`)
+      labels.csv   columns: image, label[, patient_id] (UTF-8, with or without a BOM)
+      masks/       optional: lesion masks, same stem as the image, .png/.jpg/.jpeg
+      boxes.csv    optional: columns image, x, y, w, h (pixels of the image as displayed,
                    top-left corner, several rows per image; RSNA style)
 
 ``image`` is a file name in ``images/`` (with or without its extension); ``label`` is a
-class name (the class order is sorted unless ``class_names`` is given);
-``patient_id`` defaults to the image's stem (one patient per image).
+class name; ``patient_id`` defaults to the image's stem (one patient per image).
+
+Or class folders, torchvision ``ImageFolder``'s layout, without ``labels.csv``::
+
+    ROOT/
+      <class>/     the images of one class (.png, .jpg, .jpeg, .dcm, .dicom; sub-folders
+                   are searched too)
+      masks/       optional, as above (``masks`` is not a class)
+      boxes.csv    optional, as above
+
+Every image is its own patient; image stems must be unique across classes. Hidden
+files are skipped; other files without an image suffix are skipped with a warning that
+lists them. In both layouts the class order is sorted unless ``class_names`` is given.
 
 Annotation: an image has a valid mask (guidance on) when it has a file in ``masks/``
 or rows in ``boxes.csv``. A ``boxes.csv`` row with empty x, y, w, h marks an image
 annotated as lesion-free (RSNA's negative rows); an image absent from both is not
 annotated (``mask_valid`` False, guidance off). A mask file and boxes are combined by union.
+Which mask pixels are lesion: :func:`.image_io.read_mask` (default: not black and not
+transparent; binary, grayscale, 16-bit, RGB, RGBA and palette masks alike), or a colour,
+index or threshold (``mask_colour``, ``mask_index``, ``mask_threshold``).
 
 Resizing: images are resized to ``S x S`` (antialiased bilinear), without keeping the
 aspect ratio (radiographs are close to square, and the whole field of view is kept). A
-mask is binarised at the source resolution (non-zero for 0/1 masks, >= 128 for 0/255
-masks, robust to JPEG artefacts), area-resized to ``S x S`` and thresholded at 0.5: an
-output pixel is lesion when at least half of it was. A box marks the output pixels
-whose centre lies inside the box scaled to ``S x S``. 16-bit and floating-point images
-are min-max scaled to [0, 1] per image.
+mask, of any size, is read at its own resolution, area-resized to ``S x S`` and
+thresholded at 0.5: an output pixel is lesion when at least half of it was. A box marks
+the output pixels whose centre lies inside the box scaled to ``S x S``.
 
-Errors name the file: a file listed in ``labels.csv`` that does not exist raises
-:class:`FileNotFoundError` at construction; an unreadable image raises
-:class:`ValueError` at construction (PIL's cheap ``verify``) or, for damage only
-decoding finds, when it is loaded.
+Checks before training: :func:`read_folder` decodes every image and mask once
+(:func:`check_records`): unreadable or truncated files, files over Pillow's
+decompression-bomb limit, DICOM without pydicom, masks that break their rule or look
+like images, masks whose size is the image's transposed (an orientation mismatch), and
+boxes outside their image. All problems are raised together in one
+:class:`BadFilesError` that lists every file, unless ``skip_bad_files`` is set: then
+those images are left out, with a warning that lists them.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .dataset import SampleTransform, XrayDataset
+from .image_io import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    MaskRule,
+    read_mask,
+    read_radiograph,
+    resize_to,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "BadFilesError",
     "Box",
     "ImageFolderDataset",
     "ImageRecord",
     "boxes_to_mask",
+    "check_records",
     "load_image",
     "load_mask",
     "read_folder",
     "verify_image",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+RESERVED_FOLDERS = ("masks",)
 
 Box = tuple[float, float, float, float]
 PathLike = Union[str, Path]
@@ -73,8 +102,9 @@ class ImageRecord:
         label: class index.
         patient_id: the patient (splits never separate a patient's images).
         mask_path: the lesion mask file, or ``None``.
-        boxes: lesion boxes ``(x, y, w, h)`` in original pixels; ``()`` when annotated
-            lesion-free, ``None`` when not annotated by boxes.
+        boxes: lesion boxes ``(x, y, w, h)`` in pixels of the image as displayed;
+            ``()`` when annotated lesion-free, ``None`` when not annotated by boxes.
+        mask_rule: which pixels of the mask file are lesion.
     """
 
     path: Path
@@ -82,6 +112,7 @@ class ImageRecord:
     patient_id: str
     mask_path: Optional[Path] = None
     boxes: Optional[tuple[Box, ...]] = None
+    mask_rule: MaskRule = field(default_factory=MaskRule)
 
     @property
     def image_id(self) -> str:
@@ -94,65 +125,65 @@ class ImageRecord:
         return self.mask_path is not None or self.boxes is not None
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read image file {path}: {error}") from error
-    return image
+class BadFilesError(ValueError):
+    """Images or masks of a data set that cannot be used, all listed in the message.
+
+    Attributes:
+        bad: ``(record, reason)`` for each bad image.
+    """
+
+    def __init__(self, bad: Sequence[tuple[ImageRecord, str]], total: int) -> None:
+        self.bad = list(bad)
+        lines = "\n".join(f"  {record.path}: {reason}" for record, reason in self.bad)
+        super().__init__(
+            f"{len(self.bad)} of {total} images cannot be used:\n{lines}\n"
+            "Fix or remove these files, or leave them out with skip_bad_files=True "
+            "(--skip-bad-files)."
+        )
 
 
-def _resize(array: np.ndarray, image_size: int, resample: Image.Resampling) -> np.ndarray:
-    resized = Image.fromarray(array.astype(np.float32)).resize((image_size, image_size), resample)
-    return np.asarray(resized, dtype=np.float32)
+def _resized_image(array: np.ndarray, image_size: int) -> torch.Tensor:
+    resized = resize_to(array, image_size, Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.clip(resized, 0.0, 1.0))[None]
+
+
+def _resized_mask(lesion: np.ndarray, image_size: int) -> torch.Tensor:
+    return torch.from_numpy(resize_to(lesion, image_size, Image.Resampling.BOX) >= 0.5).float()[
+        None
+    ]
 
 
 def load_image(path: PathLike, image_size: int) -> torch.Tensor:
-    """Read an image as one channel in [0, 1], resized to ``image_size`` squared.
+    """Read a radiograph as one channel in [0, 1], resized to ``image_size`` squared.
 
     Args:
-        path: a PNG or JPEG file (any mode: grayscale, RGB, palette, 16-bit).
+        path: a PNG, JPEG or DICOM file (conversions: :func:`.image_io.read_radiograph`).
         image_size: side length S.
 
     Returns:
         float32 ``[1, S, S]``.
 
     Raises:
-        ValueError: when the file cannot be decoded (the message names it).
+        ImageReadError: a :class:`ValueError` naming the file, when it cannot be read.
     """
-    path = Path(path)
-    with _open(path) as image:
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            array = np.asarray(image, dtype=np.float32)
-            low, high = float(array.min()), float(array.max())
-            array = (array - low) / (high - low if high > low else 1.0)
-            resized = np.clip(_resize(array, image_size, Image.Resampling.BILINEAR), 0.0, 1.0)
-        else:
-            small = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            resized = np.asarray(small, dtype=np.float32) / 255.0
-    return torch.from_numpy(resized)[None]
+    return _resized_image(read_radiograph(path), image_size)
 
 
-def load_mask(path: PathLike, image_size: int) -> torch.Tensor:
-    """Read a binary mask, area-resized to ``image_size`` squared and thresholded at 0.5.
+def load_mask(path: PathLike, image_size: int, rule: Optional[MaskRule] = None) -> torch.Tensor:
+    """Read a lesion mask, area-resized to ``image_size`` squared and thresholded at 0.5.
 
     Args:
-        path: a PNG or JPEG mask; 0/1 or 0/255 (any value >= 128 is lesion).
+        path: a PNG or JPEG mask of any size and mode (see :func:`.image_io.read_mask`).
         image_size: side length S.
+        rule: which pixels are lesion; default: not black and not transparent.
 
     Returns:
         float32 ``[1, S, S]`` in {0, 1}.
 
     Raises:
-        ValueError: when the file cannot be decoded (the message names it).
+        ImageReadError: a :class:`ValueError` naming the file, when it cannot be read.
     """
-    path = Path(path)
-    with _open(path) as image:
-        array = np.asarray(image.convert("L"))
-    binary = array > 0 if array.max() <= 1 else array >= 128
-    resized = _resize(binary, image_size, Image.Resampling.BOX)
-    return torch.from_numpy(resized >= 0.5).float()[None]
+    return _resized_mask(read_mask(path, rule), image_size)
 
 
 def boxes_to_mask(
@@ -186,7 +217,8 @@ def boxes_to_mask(
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
+    # utf-8-sig: Excel saves "CSV UTF-8" with a byte-order mark before the first column.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in required if c not in columns]
@@ -198,9 +230,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         ]
 
 
-def _find(directory: Path, name: str) -> Optional[Path]:
-    """``directory/name``, or the file with stem ``name`` and an image suffix."""
-    candidates = [directory / name] + [directory / (name + s) for s in IMAGE_SUFFIXES]
+def _find(directory: Path, name: str, suffixes: Sequence[str]) -> Optional[Path]:
+    """``directory/name``, or the file with stem ``name`` and one of ``suffixes``."""
+    candidates = [directory / name] + [directory / (name + s) for s in suffixes]
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -224,79 +256,219 @@ def _read_boxes(path: Path) -> dict[str, list[Box]]:
     return boxes
 
 
-def read_folder(
-    root: PathLike, *, class_names: Optional[Sequence[str]] = None
-) -> tuple[list[ImageRecord], list[str]]:
-    """Index a folder data set (layout in the module docstring).
-
-    Args:
-        root: the folder holding ``images/`` and ``labels.csv``.
-        class_names: the class order; default: the sorted label names.
-
-    Returns:
-        ``(records, class_names)``.
-
-    Raises:
-        FileNotFoundError: when ``labels.csv`` or an image it lists is missing.
-        ValueError: on a malformed CSV, a label not in ``class_names``, or a repeated image.
-    """
-    root = Path(root)
+def _labelled_images(root: Path) -> list[tuple[Path, str, str, str]]:
+    """``(image, label, patient, where it is listed)`` of the labels.csv layout."""
     labels_csv = root / "labels.csv"
-    if not labels_csv.is_file():
-        raise FileNotFoundError(f"labels file not found: {labels_csv}")
     rows = _read_csv(labels_csv, ("image", "label"))
     if not rows:
         raise ValueError(f"{labels_csv} lists no images")
-    names = sorted({row["label"] for row in rows}) if class_names is None else list(class_names)
-    index_of = {name: i for i, name in enumerate(names)}
-    boxes_csv = root / "boxes.csv"
-    boxes = _read_boxes(boxes_csv) if boxes_csv.is_file() else {}
-    records, seen = [], set()
+    found = []
     for line, row in enumerate(rows, start=2):
-        path = _find(root / "images", row["image"])
+        path = _find(root / "images", row["image"], IMAGE_SUFFIXES)
         if path is None:
             raise FileNotFoundError(
                 f"image file not found: {root / 'images' / row['image']} "
                 f"(listed in {labels_csv}, line {line})"
             )
-        if row["label"] not in index_of:
+        where = f"{labels_csv}, line {line}"
+        found.append((path, row["label"], row.get("patient_id") or path.stem, where))
+    return found
+
+
+def _class_folder_images(root: Path, folders: Sequence[Path]) -> list[tuple[Path, str, str, str]]:
+    """``(image, label, patient, where it is listed)`` of the class-folder layout."""
+    found, ignored = [], []
+    for folder in folders:
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
             raise ValueError(
-                f"{labels_csv}, line {line}: label {row['label']!r} is not one of {names}"
+                f"class folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)} files)"
             )
+        ignored += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        found += [(p, folder.name, p.stem, str(folder)) for p in images]
+    if ignored:
+        warnings.warn(
+            f"{len(ignored)} file(s) without an image suffix are not part of the data set: "
+            + ", ".join(str(p) for p in ignored),
+            stacklevel=3,
+        )
+    return found
+
+
+def read_folder(
+    root: PathLike,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    skip_bad_files: bool = False,
+    mask_colour: Any = None,
+    mask_index: Any = None,
+    mask_threshold: Optional[float] = None,
+) -> tuple[list[ImageRecord], list[str]]:
+    """Index a folder data set and check every file (layouts in the module docstring).
+
+    Args:
+        root: the folder holding ``images/`` and ``labels.csv``, or class folders.
+        class_names: the class order; default: the sorted label (or folder) names.
+        skip_bad_files: leave out images whose image, mask or boxes fail the checks
+            (with a warning that lists them) instead of raising.
+        mask_colour: read masks by colour (a name, ``#rrggbb`` or an RGB triple).
+        mask_index: read masks by palette index or gray level (one or several).
+        mask_threshold: read masks as lesion where the brightest channel is >= this.
+
+    Returns:
+        ``(records, class_names)``.
+
+    Raises:
+        FileNotFoundError: when ``root`` has neither ``labels.csv`` nor class folders,
+            or an image ``labels.csv`` lists is missing.
+        ValueError: on a malformed CSV, a label not in ``class_names``, a repeated image,
+            an empty class folder, or an invalid mask rule.
+        BadFilesError: listing every image, mask or box that fails the checks (a
+            :class:`ValueError`), unless ``skip_bad_files``.
+    """
+    root = Path(root)
+    rule = MaskRule(colour=mask_colour, index=mask_index, threshold=mask_threshold)
+    folders = (
+        sorted(
+            p
+            for p in root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in RESERVED_FOLDERS
+        )
+        if root.is_dir()
+        else []
+    )
+    if (root / "labels.csv").is_file():
+        found = _labelled_images(root)
+    elif folders and not (root / "images").is_dir():
+        found = _class_folder_images(root, folders)
+    else:
+        raise FileNotFoundError(
+            f"labels file not found: {root / 'labels.csv'} (a folder data set has "
+            "images/ with labels.csv, or one folder of images per class)"
+        )
+    names = (
+        sorted({label for _, label, _, _ in found}) if class_names is None else list(class_names)
+    )
+    index_of = {name: i for i, name in enumerate(names)}
+    boxes_csv = root / "boxes.csv"
+    boxes = _read_boxes(boxes_csv) if boxes_csv.is_file() else {}
+    records: list[ImageRecord] = []
+    seen: dict[str, Path] = {}
+    for path, label, patient, where in found:
+        if label not in index_of:
+            raise ValueError(f"{where}: label {label!r} is not one of {names}")
         if path.stem in seen:
-            raise ValueError(f"{labels_csv}, line {line}: image {path.stem!r} is listed twice")
-        seen.add(path.stem)
+            raise ValueError(
+                f"{where}: image {path.stem!r} is listed twice ({seen[path.stem]} and {path})"
+            )
+        seen[path.stem] = path
         image_boxes = boxes.get(path.stem)
         records.append(
             ImageRecord(
                 path=path,
-                label=index_of[row["label"]],
-                patient_id=row.get("patient_id") or path.stem,
-                mask_path=_find(root / "masks", path.stem),
+                label=index_of[label],
+                patient_id=patient,
+                mask_path=_find(root / "masks", path.stem, MASK_SUFFIXES),
                 boxes=None if image_boxes is None else tuple(image_boxes),
+                mask_rule=rule,
             )
         )
-    return records, names
+    return _without_bad(records, skip_bad_files), names
+
+
+def _without_bad(records: list[ImageRecord], skip_bad_files: bool) -> list[ImageRecord]:
+    bad = check_records(records)
+    if not bad:
+        return records
+    if not skip_bad_files:
+        raise BadFilesError(bad, len(records))
+    left_out = {record.path for record, _ in bad}
+    kept = [r for r in records if r.path not in left_out]
+    if not kept:
+        raise BadFilesError(bad, len(records))
+    warnings.warn(
+        f"skip_bad_files: {len(bad)} of {len(records)} images are left out:\n"
+        + "\n".join(f"  {record.path}: {reason}" for record, reason in bad),
+        stacklevel=3,
+    )
+    return kept
+
+
+def _problems(record: ImageRecord) -> Optional[str]:
+    """Why ``record`` cannot be used, or ``None`` (decodes its image and mask once)."""
+    problems = []
+    try:
+        height, width = read_radiograph(record.path).shape
+    except ImageReadError as error:
+        return error.reason
+    if record.mask_path is not None:
+        try:
+            shape = read_mask(record.mask_path, record.mask_rule).shape
+        except ImageReadError as error:
+            problems.append(f"mask {record.mask_path}: {error.reason}")
+        else:
+            if height != width and shape == (width, height):
+                problems.append(
+                    f"mask {record.mask_path} is {shape[1]} x {shape[0]} but the image, "
+                    f"oriented, is {width} x {height}: a mask of the unrotated image?"
+                )
+    for x, y, w, h in record.boxes or ():
+        if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+            problems.append(
+                f"box (x={x}, y={y}, w={w}, h={h}) exceeds the {width} x {height} image"
+            )
+    return "; ".join(problems) or None
+
+
+def check_records(
+    records: Iterable[ImageRecord], *, workers: Optional[int] = None
+) -> list[tuple[ImageRecord, str]]:
+    """Decode every image and mask of ``records`` and say which cannot be used.
+
+    Checks (see the module docstring): the image decodes completely; the mask decodes,
+    fits its rule and is not the image's size transposed; boxes lie inside the image.
+
+    Args:
+        records: the images to check.
+        workers: decoding threads (default: up to 8, one per CPU).
+
+    Returns:
+        ``(record, reason)`` for each bad image, in the order of ``records``.
+    """
+    records = list(records)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(_problems, records))
+    return [(record, reason) for record, reason in zip(records, reasons) if reason is not None]
 
 
 def verify_image(path: Path) -> None:
     """Check cheaply that ``path`` is a readable image (PIL ``verify``, no decoding).
 
+    A truncated JPEG passes; :func:`check_records` decodes and finds it.
+
     Raises:
-        ValueError: naming the file when it is not.
+        ImageReadError: a :class:`ValueError` naming the file when it is not.
     """
+    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+        return
     try:
         with Image.open(path) as image:
             image.verify()
     except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read image file {path}: {error}") from error
+        raise ImageReadError(path, str(error)) from error
 
 
 class ImageFolderDataset(XrayDataset):
     """Images and masks from files, decoded on access or cached in memory.
 
     Args:
-        records: the images (see :func:`read_folder`).
+        records: the images (see :func:`read_folder`, which checks every file).
         class_names: the name of each class index.
         image_size: side length S of the returned images and masks.
         cache: decode and resize every image at construction and keep them in memory
@@ -305,7 +477,8 @@ class ImageFolderDataset(XrayDataset):
         transform: applied to every sample.
 
     Raises:
-        ValueError: naming the file, when an image or mask cannot be read.
+        BadFilesError: listing every image or mask that cannot be read (a
+            :class:`ValueError`).
     """
 
     def __init__(
@@ -328,24 +501,34 @@ class ImageFolderDataset(XrayDataset):
         )
         self.records = list(records)
         self.image_size = image_size
-        if not cache:
-            for record in self.records:
-                verify_image(record.path)
-                if record.mask_path is not None:
-                    verify_image(record.mask_path)
+        decoded, bad = [], []
+        for record in self.records:
+            try:
+                if cache:
+                    decoded.append(self._decode(record))
+                else:
+                    for path in (record.path, record.mask_path):
+                        if path is not None:
+                            verify_image(path)
+            except ImageReadError as error:
+                bad.append((record, str(error)))
+        if bad:
+            raise BadFilesError(bad, len(self.records))
         self.cached: Optional[list[tuple[torch.Tensor, torch.Tensor, bool]]] = (
-            [self._decode(r) for r in self.records] if cache else None
+            decoded if cache else None
         )
 
     def _decode(self, record: ImageRecord) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        image = load_image(record.path, self.image_size)
+        array = read_radiograph(record.path)
+        image = _resized_image(array, self.image_size)
         mask = torch.zeros_like(image)
         if record.mask_path is not None:
-            mask = load_mask(record.mask_path, self.image_size)
+            mask = load_mask(record.mask_path, self.image_size, record.mask_rule)
         if record.boxes:
-            with Image.open(record.path) as original:
-                size = original.size
-            mask = torch.maximum(mask, boxes_to_mask(record.boxes, size, self.image_size))
+            height, width = array.shape
+            mask = torch.maximum(
+                mask, boxes_to_mask(record.boxes, (width, height), self.image_size)
+            )
         return image, mask, record.annotated
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
