@@ -30,12 +30,12 @@ def reference_upsample(a: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.zeros((height, width))
     for i in range(height):
         y = max((i + 0.5) * h / height - 0.5, 0.0)
-        y0 = int(math.floor(y))
+        y0 = math.floor(y)
         y1 = min(y0 + 1, h - 1)
         wy = y - y0
         for j in range(width):
             x = max((j + 0.5) * w / width - 0.5, 0.0)
-            x0 = int(math.floor(x))
+            x0 = math.floor(x)
             x1 = min(x0 + 1, w - 1)
             wx = x - x0
             out[i, j] = (
@@ -93,8 +93,9 @@ def reference_metrics(
 def cases(draw: st.DrawFn) -> tuple[torch.Tensor, ...]:
     batch = draw(st.integers(1, 3))
     h, w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    height, width = h * draw(st.integers(1, 3)) + draw(st.integers(0, 2)), w + draw(
-        st.integers(0, 5)
+    height, width = (
+        h * draw(st.integers(1, 3)) + draw(st.integers(0, 2)),
+        w + draw(st.integers(0, 5)),
     )
     seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
