@@ -112,6 +112,20 @@ class Fold(NamedTuple):
     test: list[int]
 
 
+def _move_one_patient(
+    train: list[int], labels: Sequence[int], groups: Sequence[Hashable]
+) -> tuple[list[int], list[int]]:
+    """Give an empty validation split the smallest training patient of the commonest class."""
+    patients = list(dict.fromkeys(groups[j] for j in train))
+    if len(patients) < 2:
+        return train, []
+    common = Counter(labels[j] for j in train).most_common(1)[0][0]
+    size = Counter(groups[j] for j in train)
+    candidates = [p for p in patients if any(labels[j] == common and groups[j] == p for j in train)]
+    moved = min(candidates, key=size.__getitem__)
+    return [j for j in train if groups[j] != moved], [j for j in train if groups[j] == moved]
+
+
 def patient_kfold(
     labels: Sequence[int],
     groups: Sequence[Hashable],
@@ -127,7 +141,8 @@ def patient_kfold(
     images are shared out evenly as far as whole patients allow. The other ``k - 1``
     folds' images are split again, by patient and stratified, into training
     (``1 - val_fraction``) and validation (``val_fraction``), with seed ``seed + 1 + i``
-    for fold ``i``.
+    for fold ``i``. When that leaves the validation split empty (few, large patients),
+    it receives the smallest training patient of the commonest class.
 
     Args:
         labels: class of each image.
@@ -142,8 +157,8 @@ def patient_kfold(
 
     Raises:
         ValueError: when ``labels`` and ``groups`` differ in length, ``k`` is out of
-            range, ``val_fraction`` is outside [0, 1), or a test fold or a non-empty
-            validation split would be empty.
+            range, ``val_fraction`` is outside [0, 1), or a test fold, or a fold's
+            training or (non-empty) validation split, would be empty.
 
     Examples:
         >>> labels, patients = [0, 0, 1, 1, 0, 1, 1, 0], ["a", "a", "b", "c", "d", "e", "f", "g"]
@@ -179,6 +194,10 @@ def patient_kfold(
             (1.0 - val_fraction, val_fraction),
             seed=seed + 1 + i,
         )
+        if not val:
+            train, val = _move_one_patient(
+                train, [labels[j] for j in rest], [groups[j] for j in rest]
+            )
         if not val or not train:
             raise ValueError(
                 f"fold {i}: the {'validation' if not val else 'training'} split is empty "
