@@ -3,7 +3,7 @@
 The set (GeneralBlockchain/covid-19-chest-xray-segmentations-dataset, images from Cohen et
 al.'s COVID-19 image data collection, arXiv:2006.11988; licences per image in
 ``metadata.csv``) holds 100 frontal radiographs of 73 patients, JPEG or PNG, RGB, RGBA or
-grayscale, 0.4-4 megapixels, some with arrows or letters drawn on them. Layout::
+grayscale, 0.06-14 megapixels, some with arrows or letters drawn on them. Layout::
 
     ROOT/
       images/         the radiographs (``structure.csv``'s ``Filename``)
@@ -29,13 +29,14 @@ Three masks per image:
   :data:`LESION_CLASSES` selects all four;
 * the **device** mask: the union of :data:`DEVICE_CLASSES` (tubings 16 images,
   endotracheal tube 13, monitoring probes 12, central venous line 11, nasogastric tube
-  10): the shortcut cues of a sick, ventilated patient; 23 images have one;
+  10): the shortcut cues of a sick, ventilated patient; 29 images have one;
 * the **lung** mask: left and right lung.
 
 Images and masks are resized to ``S x S`` without keeping the aspect ratio (the image by
 :func:`.folder.load_image`); each mask is built at full resolution, area-resized
 (:func:`contrast_attn.functional.resize_mask`) and thresholded at 0.5, like
-:mod:`.folder`'s masks, so a lesion smaller than half an output pixel disappears. The
+:mod:`.folder`'s masks, so a lesion smaller than half an output pixel disappears (one
+lesion of the set, 0.001% of its image, at every size up to 224). The
 decoded, resized arrays are cached in memory per (image, size, lesion classes) for the
 run.
 
