@@ -1,4 +1,4 @@
-"""Train/validation/test data sets from the phantom, the Hannover radiographs or a folder.
+"""Train/validation/test data sets from the phantom, real radiographs or a folder.
 
 :func:`build_datasets` is the one entry point of the pipeline's data stage. Every data
 set yields :class:`~.dataset.Sample` dicts and exposes ``targets`` and ``class_names``
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .covid_cxr import DEFAULT_COVID_CXR_DIR, DEFAULT_LESION_CLASSES, covid_cxr_dataset
 from .dataset import XrayDataset
 from .folder import ImageFolderDataset, ImageRecord, read_folder
 from .hannover import DEFAULT_HANNOVER_DIR, hannover_records
@@ -125,6 +126,28 @@ def _hannover(
     )
 
 
+def _covid_cxr(
+    *,
+    image_size: int,
+    seed: int,
+    root: Union[str, Path, None] = None,
+    task: str = "covid",
+    lesion_classes: Sequence[str] = DEFAULT_LESION_CLASSES,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> DataSplits:
+    dataset = covid_cxr_dataset(
+        DEFAULT_COVID_CXR_DIR if root is None else root,
+        image_size=image_size,
+        task=task,
+        lesion_classes=lesion_classes,
+    )
+    train, val, test = (
+        dataset.subset(part)
+        for part in _split(dataset.targets, dataset.patient_ids, split_fractions, seed)
+    )
+    return DataSplits(train, val, test, dataset.class_names)
+
+
 def _folder(
     root: Path,
     *,
@@ -172,7 +195,9 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
 
     Args:
         source: ``"synthetic"`` (the phantom), ``"hannover"`` (the real radiographs in
-            ``../shared/data/hannover-covid-cxr``) or the path of a folder data set.
+            ``../shared/data/hannover-covid-cxr``), ``"covid-cxr-segmentations"`` (the
+            radiographs with lesion masks in ``../shared/data/covid-cxr-segmentations``)
+            or the path of a folder data set.
         image_size: side length S of every image and mask.
         seed: seeds the phantom and the split.
         **options: per source (all optional), and ``split_fractions`` (train, val,
@@ -184,6 +209,9 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
               split's marker is independent of the class), ``noise`` (0.03).
             * ``"hannover"``: ``root`` (the data folder), ``task`` ("icu" or
               "projection"), ``icu_days`` (7). See :mod:`.hannover`.
+            * ``"covid-cxr-segmentations"``: ``root`` (the data folder), ``task``
+              ("covid" or "aetiology"), ``lesion_classes`` (ground-glass opacities and
+              consolidation). See :mod:`.covid_cxr`.
             * folder: ``class_names`` (sorted label names), ``cache`` (False: decode
               on access). See :mod:`.folder`.
 
@@ -206,6 +234,7 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
     builders: dict[str, Callable[..., DataSplits]] = {
         "synthetic": _synthetic,
         "hannover": _hannover,
+        "covid-cxr-segmentations": _covid_cxr,
     }
     builder = builders.get(source)
     if builder is None:
