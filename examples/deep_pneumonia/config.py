@@ -160,7 +160,7 @@ class Config:
         "auto",
         "auto, cpu, cuda or cuda:N",
         "runtime",
-        ("auto, cpu, cuda or cuda:N", _DEVICE.fullmatch),
+        ("auto, cpu, cuda or cuda:N", lambda v: _DEVICE.fullmatch(v) is not None),
     )
     threads: int | None = setting(
         1, "CPU threads per process (0 or none: PyTorch's default)", "runtime", _at_least(0)

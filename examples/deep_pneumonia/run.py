@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = {name: parser.add_argument_group(f"{name} settings") for name in SECTIONS}
     for f in dataclasses.fields(Config):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = getattr(Config(), f.name)
         text = f"{f.metadata['help']} (default: {default!r})"
         flag = "--" + f.name.replace("_", "-")
         group = groups[f.metadata["section"]]
