@@ -191,8 +191,12 @@ def test_tiny_full_run_writes_every_output(tmp_path: Path) -> None:
     assert set(written["per_class"]) == set(names)
     assert len(written["confusion_matrix"]) == len(names)
     assert sum(map(sum, written["confusion_matrix"])) == written["num_images"]
-    for key in ("macro_f1", "balanced_accuracy", "minority_recall"):
+    for key in ("macro_f1", "balanced_accuracy"):
         assert 0.0 <= written[key] <= 1.0
+    # 60 phantom images leave the rarest class without test images: no recall, said so.
+    assert written["classes_without_test_images"] == [written["minority_class"]]
+    assert written["minority_recall"] is None
+    assert "no test images" in (tmp_path / "report.md").read_text()
     assert written["majority_baseline"]["class"] == "normal"
     lesion = written["lesion_attention"]
     assert lesion["num_images"] > 0 and 0.0 <= lesion["attention_mass"] <= 1.0
