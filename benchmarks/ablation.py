@@ -20,7 +20,6 @@ Prints a Markdown table::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys

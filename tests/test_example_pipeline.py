@@ -318,7 +318,7 @@ def test_changed_data_is_refused_by_resume_and_by_evaluation(tmp_path: Path) -> 
     assert run_pipeline(cfg.replace(resume=True), out) is not None
     assert run_pipeline(cfg, out, stage="evaluate") is not None
     labels.write_text("\n".join(original.splitlines()[:-1]) + "\n")
-    with pytest.raises(RunMismatch, match="test split|val split|train split"):
+    with pytest.raises(RunMismatch, match=r"(test|val|train) split"):
         run_pipeline(cfg, out, stage="evaluate")
 
 

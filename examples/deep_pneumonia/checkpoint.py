@@ -218,6 +218,29 @@ class Checkpointer:
             )
         return state
 
+    def read_finished(self, how_to_run: str) -> dict[str, Any]:
+        """The checkpoint of the finished stage, for a later stage to use.
+
+        Args:
+            how_to_run: what to do when there is no checkpoint (for the message).
+
+        Raises:
+            FileNotFoundError: when there is no checkpoint.
+            RunMismatch: when it belongs to another run, or holds fewer epochs than the run's.
+        """
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"the {self.stage} stage's checkpoint {self.path} is missing: {how_to_run}"
+            )
+        state = self.read()
+        epochs = self.run.settings[self.epochs_setting]
+        if state["epoch"] != epochs:
+            raise RunMismatch(
+                f"{self.path} holds {state['epoch']} of {epochs} epochs: finish the stage first"
+                f" (--stage {self.stage} --resume)"
+            )
+        return state
+
     def resume(self) -> tuple[int, list[dict[str, float]]]:
         """Restore the saved states; ``(epochs done, history)``, or ``(0, [])`` without a file."""
         if not self.path.is_file():

@@ -37,23 +37,14 @@ from contrast_attn import (
     MaskGuidedAttention,
 )
 
-from . import checkpoint
-from .checkpoint import Checkpointer, RunMismatch, run_record
+from . import checkpoint, training
+from .checkpoint import Checkpointer, run_record
 from .config import Config
 from .data import DataSplits
 from .evaluate import classification_metrics, predict
 from .model import Backbone, DeepPneumoniaNet
 from .pretrain import build_backbone
-from .training import (
-    Runtime,
-    begin_epoch,
-    cosine_schedule,
-    global_mean,
-    make_loader,
-    progress,
-    seed_everything,
-    train_step,
-)
+from .training import Runtime
 from .transforms import train_transform
 
 __all__ = [
@@ -178,7 +169,7 @@ def finetune(
         StageStopped: when ``cfg.stop_after`` ends the stage early.
         RunMismatch: when resuming a checkpoint of another run.
     """
-    seed_everything(cfg.seed, "finetune")
+    training.seed_everything(cfg.seed, "finetune")
     # A fresh trunk takes the given weights, so that the new layers start the same with
     # and without pre-training (the ablation changes one thing) and ``backbone`` is kept.
     trunk = build_backbone(cfg)
@@ -190,18 +181,18 @@ def finetune(
     objective = FinetuneObjective(cfg, net, counts)
     model = rt.wrap(objective, find_unused=cfg.regularizer)
     dataset = splits.train.with_transform(train_transform(cfg.image_size) if cfg.augment else None)
-    loader = make_loader(
+    loader = training.make_loader(
         dataset, cfg.batch_size, rt, train=True, seed=cfg.seed, num_workers=cfg.num_workers
     )
     optimizer = _optimizer(cfg, objective)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
     saver = checkpointer(cfg, splits, out, model=objective, optimizer=optimizer, scaler=scaler)
     start, history = saver.resume() if cfg.resume else (0, [])
-    scheduler = cosine_schedule(optimizer, cfg.epochs, start)
+    scheduler = training.cosine_schedule(optimizer, cfg.epochs, start)
     for epoch in range(start, cfg.epochs):
-        begin_epoch(cfg, rt, loader, "finetune", epoch, start)
+        training.begin_epoch(cfg, rt, loader, "finetune", epoch, start)
         record = {"epoch": float(epoch + 1), "train_lr": optimizer.param_groups[0]["lr"]}
-        bar = progress(loader, f"fine-tune {epoch + 1}/{cfg.epochs}", cfg, rt)
+        bar = training.progress(loader, f"fine-tune {epoch + 1}/{cfg.epochs}", cfg, rt)
         record.update(_train_epoch(model, bar, optimizer, scaler, rt))
         scheduler.step()
         if rt.is_main:
@@ -240,12 +231,12 @@ def _train_epoch(
         batch = {k: v.to(rt.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with rt.autocast():
             loss, parts = model(batch)
-        train_step(loss, optimizer, scaler)
+        training.train_step(loss, optimizer, scaler)
         size = batch["label"].shape[0]
         for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * size
         count += size
-    return {f"train_{k}": v for k, v in global_mean(sums, count, rt).items()}
+    return {f"train_{k}": v for k, v in training.global_mean(sums, count, rt).items()}
 
 
 def _validate(
@@ -279,18 +270,9 @@ def load_finetuned(
         FileNotFoundError: when the stage has not run.
         RunMismatch: when the checkpoint is of another run (settings, data, split) or unfinished.
     """
-    saver = checkpointer(cfg, splits, out)
-    if not saver.path.is_file():
-        raise FileNotFoundError(
-            f"fine-tuned weights not found at {saver.path}: run the finetune stage first "
-            "(--stage finetune)"
-        )
-    state = saver.read()
-    if state["epoch"] != cfg.epochs:
-        raise RunMismatch(
-            f"{saver.path} holds {state['epoch']} of {cfg.epochs} fine-tuning epochs: "
-            "finish it first (--stage finetune --resume)"
-        )
+    state = checkpointer(cfg, splits, out).read_finished(
+        "run the finetune stage first (--stage finetune)"
+    )
     net = build_net(cfg, build_backbone(cfg), len(splits.class_names))
     net.load_state_dict(checkpoint.load(out / BEST)["model"])
     return net, state["history"]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from contrast_attn import NTXentLoss
 
-from .checkpoint import Checkpointer, RunMismatch, run_record
+from .checkpoint import Checkpointer, run_record
 from .config import Config
 from .data import DataSplits
 from .model import Backbone, PretrainNet
@@ -130,18 +130,9 @@ def load_pretrained(
         FileNotFoundError: when the stage has not run.
         RunMismatch: when the checkpoint is of another run or unfinished.
     """
-    saver = checkpointer(cfg, splits, out)
-    if not saver.path.is_file():
-        raise FileNotFoundError(
-            f"pre-trained weights not found at {saver.path}: run the pretrain stage first "
-            "(--stage pretrain) or switch pre-training off (--no-pretrain)"
-        )
-    state = saver.read()
-    if state["epoch"] != cfg.pretrain_epochs:
-        raise RunMismatch(
-            f"{saver.path} holds {state['epoch']} of {cfg.pretrain_epochs} pre-training epochs: "
-            "finish it first (--stage pretrain --resume)"
-        )
+    state = checkpointer(cfg, splits, out).read_finished(
+        "run the pretrain stage first (--stage pretrain) or switch it off (--no-pretrain)"
+    )
     backbone = build_backbone(cfg)
     prefix = "backbone."
     backbone.load_state_dict(
