@@ -20,7 +20,6 @@ Prints a Markdown table::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.deep_pneumonia.config import Config
+from examples.deep_pneumonia.config import Config, parse_assignment, preset
 from examples.deep_pneumonia.pretrain import CHECKPOINT
 from examples.deep_pneumonia.run import run_pipeline
 
@@ -134,9 +133,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the quick run's)")
-    parser.add_argument("--pretrain-epochs", type=int, help="pre-training epochs")
-    parser.add_argument("--phantom-images", type=int, help="phantom size")
     parser.add_argument("--no-real", action="store_true", help="skip the real radiographs")
     parser.add_argument(
         "--variants",
@@ -150,17 +146,14 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other Config field, VALUE as JSON (e.g. attention_residual=false)",
+        help="any setting of the example, as run.py's --set (e.g. epochs=6, attention_residual=true)",
     )
     args = parser.parse_args()
-    changes: dict[str, Any] = {"shortcut_markers": True, "progress": False}
-    for key in ("epochs", "pretrain_epochs", "phantom_images"):
-        if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = json.loads(value)
-    base = Config().replace(**changes)
+    try:
+        changes = dict(parse_assignment(item) for item in args.set)
+        base = preset("quick", **{"shortcut_markers": True, "progress": False, **changes})
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     start = time.perf_counter()
     rows = run_ablation(base, args.seeds, args.out, args.variants)
     print(f"\nPhantom with shortcut markers, seeds {args.seeds}, test split, mean ± std:\n")

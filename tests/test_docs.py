@@ -7,12 +7,15 @@ site with warnings as errors):
   sub-module it lists (``functional``, ``distributed``), has an autodoc (or
   ``module``) directive on an API page, and every documented name exists;
 - the landing page's example and the attention tutorial run as written;
-- the "own data" tutorial documents every flag of the example's ``run.py``;
+- the "own data" tutorial documents the example's own flags and no flag ``run.py`` lacks;
+- the example's defaults quoted by the paper page, the attention guide and the tutorial
+  are those of its ``Config``;
 - ``benchmarks/README.md``, as the benchmarks page renders it, is clean markup.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -139,18 +142,61 @@ def test_benchmark_record_converts_to_clean_rst() -> None:
 
 
 def test_every_example_flag_is_documented() -> None:
-    """The flag table of the "own data" tutorial follows ``run.py``'s command line."""
+    """The "own data" tutorial documents ``run.py``'s own options and only flags that exist."""
     pytest.importorskip("torchvision")
     run = importlib.import_module("examples.deep_pneumonia.run")
     tutorial = (DOCS / "tutorials" / "own_data.rst").read_text(encoding="utf-8")
-    flags = [
-        option
+    settings = {f.name for f in dataclasses.fields(run.Config)}
+    flags = {
+        option: action.dest
         for action in run.build_parser()._actions
         for option in action.option_strings
         if option.startswith("--") and option != "--help"
-    ]
-    missing = [flag for flag in flags if f"``{flag}" not in tutorial]
+    }
+    own = [flag for flag, dest in flags.items() if dest not in settings]
+    missing = [flag for flag in own if f"``{flag}" not in tutorial]
     assert not missing, f"docs/tutorials/own_data.rst does not document {missing}"
+    named = set(re.findall(r"``(--[a-z][a-z-]*[a-z])(?![A-Za-z-])", tutorial))
+    unknown = sorted(named - set(flags))
+    assert not unknown, f"docs/tutorials/own_data.rst documents flags run.py lacks: {unknown}"
+
+
+def test_example_defaults_in_the_docs_are_the_configs() -> None:
+    """The defaults the paper page, the attention guide and the tutorial quote are the code's."""
+    pytest.importorskip("torchvision")
+    cfg = importlib.import_module("examples.deep_pneumonia.config").Config()
+
+    def number(value: float) -> str:
+        return f"{value:g}"
+
+    quotes = {
+        "paper.rst": [
+            rf":math:`\lambda_g = {number(cfg.guidance_weight)}`",
+            rf":math:`\lambda_r = {number(cfg.regularizer_weight)}`",
+            f"teacher\nforcing {number(cfg.teacher_forcing)}".replace("\n", " "),
+            f"0.{str(cfg.cb_beta)[2:]} in the example",
+        ],
+        "guide/attention.rst": [
+            f"stage {cfg.feature_stage}, hard gate without residual, teacher forcing"
+            f" {number(cfg.teacher_forcing)}",
+            f"starts at {number(cfg.initial_attention)} and learns at"
+            f" {number(cfg.attention_lr_scale)}×",
+            f"guidance weight\n  {number(cfg.guidance_weight)})",
+        ],
+        "tutorials/own_data.rst": [
+            rf":math:`\lambda_g` (default {number(cfg.guidance_weight)})",
+            rf":math:`\lambda_r` (default {number(cfg.regularizer_weight)})",
+            f"(default {cfg.epochs}) and pre-training (default {cfg.pretrain_epochs}) epochs",
+            f"default {cfg.batch_size})",
+            f"(default {cfg.image_size})",
+            f"``{cfg.arch}`` (default)",
+            f"its number of images (default {cfg.phantom_images})",
+        ],
+    }
+    for page, expected in quotes.items():
+        text = " ".join((DOCS / page).read_text(encoding="utf-8").split())
+        for quote in expected:
+            assert " ".join(quote.split()) in text, f"docs/{page} does not say {quote!r}"
 
 
 def test_tiling_constants_match_the_docs() -> None:

@@ -488,3 +488,18 @@ def test_load_mask_keeps_its_signature(tmp_path: Path) -> None:
     mask: Callable[..., torch.Tensor] = load_mask
     assert mask(tmp_path / "m.png", 8).sum() > 0
     assert mask(tmp_path / "m.png", 8, MaskRule(index=2)).sum() == 0
+
+
+def test_skip_bad_files_from_the_command_line(tmp_path: Path) -> None:
+    from examples.deep_pneumonia.run import build_parser, config_from_args
+
+    write_dataset(tmp_path, n=12, mask_kind="gray255")
+    (tmp_path / "images" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    cfg = config_from_args(build_parser().parse_args(["--data", str(tmp_path)]))
+    with pytest.raises(BadFilesError, match="--skip-bad-files"):
+        build_datasets(cfg.data, image_size=32, seed=0, **cfg.data_kwargs())
+    args = build_parser().parse_args(["--data", str(tmp_path), "--skip-bad-files"])
+    cfg = config_from_args(args)
+    with pytest.warns(UserWarning, match="1 of 12 images are left out"):
+        splits = build_datasets(cfg.data, image_size=32, seed=0, **cfg.data_kwargs())
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 11

@@ -1,4 +1,4 @@
-"""Every setting of the pipeline in one dataclass, with the quick default and a smoke preset.
+"""Every setting of the pipeline in one dataclass, and the named presets.
 
 The defaults are the *quick* run: the whole pipeline (pre-training, fine-tuning,
 evaluation) on the built-in phantom in a few minutes on two CPU cores. Four switches
@@ -8,131 +8,198 @@ turn the paper's components on and off (the ablation):
 - ``class_balanced``: the class-balanced loss (Cui et al.) instead of cross-entropy;
 - ``attention``: mask-guided attention on an intermediate stage plus the mask-guidance loss;
 - ``regularizer``: the contrastive feature regulariser on lesion/background features.
+
+Each field carries its help text, its section and its valid range; the command line
+(``run.py``), the tests and the ablation all build a :class:`Config` the same way: a
+preset (:data:`PRESETS`) and then changes, checked once in ``__post_init__``.
+
+Examples:
+    >>> preset("smoke", epochs=3).epochs
+    3
+    >>> Config(epochs=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: setting 'epochs' must be >= 1, got 0
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Config"]
+__all__ = ["PRESETS", "SECTIONS", "Config", "parse_assignment", "parse_value", "preset"]
+
+# Which part of the run a setting belongs to; a stage's checkpoint depends on some
+# sections (see ``Config.section_values``), "runtime" settings never change results.
+SECTIONS = ("data", "backbone", "model", "pretrain", "finetune", "training", "runtime")
+
+Rule = tuple[str, Callable[[Any], bool]]
+
+
+def _at_least(low: float) -> Rule:
+    return f">= {low}", lambda v: v >= low
+
+
+def _between(low: float, high: float, *, open_interval: bool = False) -> Rule:
+    if open_interval:
+        return f"in ({low}, {high})", lambda v: low < v < high
+    return f"in [{low}, {high}]", lambda v: low <= v <= high
+
+
+def _one_of(*choices: Any) -> Rule:
+    return f"one of {list(choices)}", lambda v: v in choices
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def setting(
+    default: Any, help: str, section: str, rule: Rule | None = None, *, factory: bool = False
+) -> Any:
+    """A dataclass field with its help text, section and valid range (``rule``)."""
+    metadata = {"help": help, "section": section, "rule": rule}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
-    """All settings of a run; ``run.py`` fills it from the command line.
+    """All settings of a run; see the help of each field (``run.py --help``).
 
-    Attributes are grouped as data, model, ablation switches, pre-training,
-    fine-tuning and runtime. ``phantom_images`` and ``shortcut_markers`` configure
-    the phantom (``data="synthetic"``); ``data_options`` holds further keyword
-    arguments of ``build_datasets`` for any source (e.g. ``task`` for "hannover").
+    Raises:
+        TypeError: when a setting has the wrong type (naming the setting).
+        ValueError: when a setting is out of range (naming the setting and its range).
     """
 
     # Data
-    data: str = "synthetic"
-    image_size: int = 64
-    phantom_images: int = 600
-    shortcut_markers: bool = False
-    data_options: dict[str, Any] = field(default_factory=dict)
-    augment: bool = True
+    data: str = setting("synthetic", "'synthetic' (the phantom), 'hannover' or a folder", "data")
+    image_size: int = setting(64, "side length of images and masks", "data", _at_least(32))
+    phantom_images: int = setting(600, "phantom only: number of images", "data", _at_least(10))
+    shortcut_markers: bool = setting(
+        False, "phantom only: a class-correlated marker in train/val, not in test", "data"
+    )
+    data_options: dict[str, Any] = setting(  # noqa: RUF009 (a field with a factory)
+        dict, "further options of the data source (JSON object)", "data", factory=True
+    )
+    skip_bad_files: bool = setting(
+        False, "folder only: leave out unreadable files (listed) instead of stopping", "data"
+    )
+    augment: bool = setting(True, "augment the fine-tuning images", "finetune")
 
     # Model: a torchvision ResNet with a one-channel stem, randomly initialised.
-    arch: str = "resnet18"
-    width: int = 16  # channels of the first stage; 64 is torchvision's ResNet exactly
-    # Attention: on the 8 x 8 map of stage 2 at 64 px (stage 3's 4 x 4 cells are too
-    # coarse to tell a lesion from a corner marker), a hard gate f * 1[a >= 0.5] that
-    # deletes what is not attended, teacher forcing so that the later stages learn from
-    # lesion-gated features, and a scorer that starts at the lesion prior and learns
-    # faster than the trunk. With the earlier defaults (stage 3, soft f * (1 + a), no
-    # forcing, prior 0.5, one learning rate, guidance weight 0.5) the guidance loss was
-    # still above that of a constant map after 10 epochs and the model read the marker
-    # (benchmarks/README.md, "Ablation").
-    feature_stage: int = 2  # the stage attended and regularised (2, 3 or 4)
-    checkpoint: str | None = None  # a user's trunk weights to start from
-    attention_mode: str = "hard"  # or "soft" (the map itself gates)
-    attention_residual: bool = False  # gate f * a (True: f * (1 + a), keeps the rest)
-    teacher_forcing: float = 0.5  # probability of gating a training image by its mask
-    attention_prior: float = 0.05  # initial attention everywhere (sets the scorer's bias)
-    attention_lr_scale: float = 10.0  # learning rate of the attention scorer / lr
-    ssl_dim: int = 128
-    regularizer_dim: int = 64
+    arch: str = setting(
+        "resnet18",
+        "the ResNet",
+        "backbone",
+        _one_of("resnet10", "resnet18", "resnet34", "resnet50"),
+    )
+    width: int = setting(
+        16, "channels of the first stage (64: torchvision's)", "backbone", _at_least(1)
+    )
+    checkpoint: str | None = setting(
+        None, "state_dict of a 1-channel ResNet to start from", "backbone"
+    )
+    feature_stage: int = setting(2, "the stage attended and regularised", "model", _one_of(2, 3, 4))
+    # MaskGuidedAttention's arguments (mode, residual, teacher_forcing, initial_attention).
+    attention_mode: str = setting("hard", "attention gate: 'soft' or 'hard'", "model", _one_of("soft", "hard"))  # fmt: skip
+    attention_residual: bool = setting(False, "gate f * (1 + a) instead of f * a", "model")
+    teacher_forcing: float = setting(
+        0.5, "probability of gating a training image by its mask", "model", _between(0.0, 1.0)
+    )
+    initial_attention: float = setting(
+        0.05, "attention map's initial value", "model", _between(0.0, 1.0, open_interval=True)
+    )
 
     # Ablation switches (all on: the paper's full method).
-    pretrain: bool = True
-    class_balanced: bool = True
-    attention: bool = True
-    regularizer: bool = True
+    pretrain: bool = setting(True, "SimCLR pre-training", "pretrain")
+    class_balanced: bool = setting(True, "class-balanced loss instead of cross-entropy", "finetune")
+    attention: bool = setting(True, "mask-guided attention and guidance loss", "finetune")
+    regularizer: bool = setting(True, "contrastive feature regulariser", "finetune")
 
     # Self-supervised pre-training (SimCLR, NT-Xent).
-    pretrain_epochs: int = 3
-    pretrain_batch_size: int = 64
-    pretrain_lr: float = 2e-3
-    nt_xent_temperature: float = 0.5
+    pretrain_epochs: int = setting(3, "pre-training epochs", "pretrain", _at_least(0))
+    pretrain_batch_size: int = setting(64, "pre-training batch (global)", "pretrain", _at_least(2))
+    pretrain_lr: float = setting(2e-3, "pre-training learning rate", "pretrain", _at_least(0.0))
+    nt_xent_temperature: float = setting(0.5, "NT-Xent temperature", "pretrain", _at_least(1e-6))
+    ssl_dim: int = setting(128, "SimCLR projection dimension", "pretrain", _at_least(1))
 
     # Supervised fine-tuning.
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    cb_beta: float = 0.999  # beta of the effective number of samples
-    cb_loss_type: str = "softmax"
-    guidance_kind: str = "bce"
-    guidance_weight: float = 10.0
-    regularizer_weight: float = 0.1
-    regularizer_temperature: float = 0.1
+    epochs: int = setting(10, "fine-tuning epochs", "finetune", _at_least(1))
+    batch_size: int = setting(32, "fine-tuning batch (global)", "finetune", _at_least(2))
+    lr: float = setting(2e-3, "fine-tuning learning rate", "finetune", _at_least(0.0))
+    attention_lr_scale: float = setting(
+        10.0, "learning rate of the attention scorer / lr", "finetune", _at_least(1e-12)
+    )
+    cb_beta: float = setting(
+        0.999, "beta of the effective number of samples", "finetune", _between(0.0, 1.0)
+    )
+    cb_loss_type: str = setting(
+        "softmax", "class-balanced loss form", "finetune", _one_of("softmax", "sigmoid", "focal")
+    )
+    guidance_kind: str = setting("bce", "mask-guidance loss", "finetune", _one_of("bce", "mse", "dice"))  # fmt: skip
+    guidance_weight: float = setting(10.0, "lambda_g, weight of the guidance loss", "finetune", _at_least(0.0))  # fmt: skip
+    regularizer_weight: float = setting(0.1, "lambda_r, weight of the regulariser", "finetune", _at_least(0.0))  # fmt: skip
+    regularizer_temperature: float = setting(
+        0.1, "temperature of the regulariser", "finetune", _at_least(1e-6)
+    )
+    regularizer_dim: int = setting(64, "regulariser projection dimension", "finetune", _at_least(1))
 
-    # Runtime.
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = 1  # CPU threads per process; None = PyTorch's default
-    amp: bool = True  # float16 autocast and gradient scaling, on CUDA only
-    num_workers: int = 0
-    resume: bool = False  # continue each stage from its checkpoint
-    stop_after: int | None = None  # stop a stage after this many epochs (then resume)
-    progress: bool = True
+    # Both training stages.
+    weight_decay: float = setting(1e-4, "AdamW weight decay", "training", _at_least(0.0))
+    seed: int = setting(
+        0, "seeds data, split, initialisation and batches", "training", _at_least(0)
+    )
+    amp: bool = setting(True, "float16 autocast and gradient scaling (CUDA only)", "training")
+
+    # Runtime: never changes what a run computes.
+    device: str = setting(
+        "auto",
+        "auto, cpu, cuda or cuda:N",
+        "runtime",
+        ("auto, cpu, cuda or cuda:N", lambda v: _DEVICE.fullmatch(v) is not None),
+    )
+    threads: int | None = setting(
+        1, "CPU threads per process (0 or none: PyTorch's default)", "runtime", _at_least(0)
+    )
+    num_workers: int = setting(0, "data-loading processes", "runtime", _at_least(0))
+    resume: bool = setting(False, "continue each stage from its checkpoint", "runtime")
+    stop_after: int | None = setting(
+        None, "stop a stage after N epochs (then --resume)", "runtime", _at_least(1)
+    )
+    progress: bool = setting(True, "progress bars", "runtime")
 
     def __post_init__(self) -> None:
-        checks = {
-            "image_size": self.image_size >= 32,
-            "feature_stage": self.feature_stage in (2, 3, 4),
-            "pretrain_epochs": self.pretrain_epochs >= 0,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,
-            "pretrain_batch_size": self.pretrain_batch_size >= 2,
-            "num_workers": self.num_workers >= 0,
-            "threads": self.threads is None or self.threads >= 1,
-            "teacher_forcing": 0.0 <= self.teacher_forcing <= 1.0,
-            "attention_prior": 0.0 < self.attention_prior < 1.0,
-            "attention_lr_scale": self.attention_lr_scale > 0,
+        hints = typing.get_type_hints(Config)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
+            rule: Rule | None = f.metadata["rule"]
+            if rule is not None and value is not None and not rule[1](value):
+                raise ValueError(f"setting {f.name!r} must be {rule[0]}, got {value!r}")
+        owned = {
+            "num_images": "phantom_images",
+            "shortcut_markers": "shortcut_markers",
+            "skip_bad_files": "skip_bad_files",
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            given = {name: getattr(self, name) for name in bad}
-            raise ValueError(f"invalid configuration values: {given}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f"stop_after must be None or >= 1, got {self.stop_after}")
+        for key in sorted(set(self.data_options) & set(owned)):
+            raise ValueError(
+                f"setting 'data_options' may not hold {key!r}: set {owned[key]!r} instead"
+            )
 
     @classmethod
     def smoke(cls, **overrides: Any) -> Config:
-        """A tiny run of every stage (tens of seconds on CPU), for CI and tests."""
-        settings: dict[str, Any] = {
-            "image_size": 32,
-            "phantom_images": 96,
-            "arch": "resnet10",
-            "pretrain_epochs": 1,
-            "pretrain_batch_size": 16,
-            "epochs": 2,
-            "batch_size": 16,
-            "ssl_dim": 32,
-            "regularizer_dim": 16,
-            "progress": False,
-        }
-        settings.update(overrides)
-        return cls(**settings)
+        """The ``smoke`` preset (see :data:`PRESETS`) with ``overrides``."""
+        return preset("smoke", **overrides)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed."""
+        """A copy with some fields changed (checked like a new config)."""
         return dataclasses.replace(self, **changes)
 
     def data_kwargs(self) -> dict[str, Any]:
@@ -142,8 +209,117 @@ class Config:
             if self.data == "synthetic"
             else {}
         )
-        return {**phantom, **self.data_options}
+        skip: dict[str, Any] = {"skip_bad_files": True} if self.skip_bad_files else {}
+        return {**phantom, **skip, **self.data_options}
+
+    def section_values(self, *sections: str) -> dict[str, Any]:
+        """The settings of ``sections``, by name (what a stage's checkpoint depends on)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["section"] in sections
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+
+def _check_type(name: str, value: Any, expected: Any) -> None:
+    allowed = typing.get_args(expected) if typing.get_origin(expected) is not None else ()
+    if typing.get_origin(expected) is dict:
+        allowed = (dict,)
+    elif not allowed:
+        allowed = (expected,)
+    if value is None and type(None) in allowed:
+        return
+    kinds = tuple(t for t in allowed if t is not type(None))
+    ok = any(
+        isinstance(value, t) and not (isinstance(value, bool) and t is not bool) for t in kinds
+    ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+        raise TypeError(f"setting {name!r} must be {names}, got {value!r}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The quick default: the dataclass's own defaults.
+    "quick": {},
+    # A tiny run of every stage (tens of seconds on CPU), for CI and tests.
+    "smoke": {
+        "image_size": 32,
+        "phantom_images": 96,
+        "arch": "resnet10",
+        "pretrain_epochs": 1,
+        "pretrain_batch_size": 16,
+        "epochs": 2,
+        "batch_size": 16,
+        "ssl_dim": 32,
+        "regularizer_dim": 16,
+        "progress": False,
+    },
+}
+
+
+def preset(name: str, **changes: Any) -> Config:
+    """The preset ``name`` of :data:`PRESETS` with ``changes`` (field names as keywords).
+
+    Raises:
+        ValueError: on an unknown preset or setting name, or a value out of range.
+        TypeError: on a value of the wrong type.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; the settings are {sorted(known)}")
+    return Config(**{**PRESETS[name], **changes})
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The value of setting ``name`` written as ``text`` (as on the command line).
+
+    Booleans are ``true``/``false`` (or 1/0, yes/no, on/off), ``none`` is ``None``
+    where a setting allows it, and ``data_options`` is a JSON object.
+
+    Raises:
+        ValueError: on an unknown setting or a value that does not parse, naming the setting.
+    """
+    hints = typing.get_type_hints(Config)
+    if name not in hints:
+        close = difflib.get_close_matches(name, hints, n=3)
+        hint = f"; did you mean {close}?" if close else f"; the settings are {sorted(hints)}"
+        raise ValueError(f"unknown setting {name!r}{hint}")
+    expected = hints[name]
+    kinds = typing.get_args(expected) if typing.get_origin(expected) is not dict else (dict,)
+    kinds = kinds or (expected,)
+    if type(None) in kinds and text.strip().lower() in ("none", "null"):
+        return None
+    kind = next(t for t in kinds if t is not type(None))
+    try:
+        if kind is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError(text)
+            return text.lower() in _TRUE
+        if kind is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError(text)
+            return value
+        return kind(text)
+    except ValueError:
+        raise ValueError(
+            f"setting {name!r} expects {getattr(kind, '__name__', kind)}, got {text!r}"
+        ) from None
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """``(name, value)`` of a ``KEY=VALUE`` string (see :func:`parse_value`)."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"a setting is written KEY=VALUE, got {item!r}")
+    return key.strip(), parse_value(key.strip(), value)

@@ -156,8 +156,19 @@ def _folder(
     class_names: Optional[Sequence[str]] = None,
     cache: bool = False,
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    skip_bad_files: bool = False,
+    mask_colour: Any = None,
+    mask_index: Any = None,
+    mask_threshold: Optional[float] = None,
 ) -> DataSplits:
-    records, names = read_folder(root, class_names=class_names)
+    records, names = read_folder(
+        root,
+        class_names=class_names,
+        skip_bad_files=skip_bad_files,
+        mask_colour=mask_colour,
+        mask_index=mask_index,
+        mask_threshold=mask_threshold,
+    )
     return _from_records(
         records,
         names,
@@ -213,7 +224,9 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
               ("covid" or "aetiology"), ``lesion_classes`` (ground-glass opacities and
               consolidation). See :mod:`.covid_cxr`.
             * folder: ``class_names`` (sorted label names), ``cache`` (False: decode
-              on access). See :mod:`.folder`.
+              on access), ``skip_bad_files`` (False: stop on any unreadable file),
+              ``mask_colour``, ``mask_index``, ``mask_threshold`` (the mask rule).
+              See :mod:`.folder` and :mod:`.image_io`.
 
     Returns:
         The three splits; no patient is in two of them.

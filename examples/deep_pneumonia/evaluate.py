@@ -11,10 +11,8 @@ the value a map spread uniformly would get.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,17 +28,16 @@ from torch.utils.data import Dataset
 
 from contrast_attn.functional import class_activation_map, resize_mask
 
-from .config import Config
 from .model import DeepPneumoniaNet
-from .runtime import Runtime, make_loader
+from .training import Runtime, make_loader
 
 __all__ = [
     "Predictions",
     "classification_metrics",
+    "evaluate",
     "lesion_maps",
     "lesion_mass",
     "predict",
-    "write_metrics",
 ]
 
 
@@ -129,53 +126,72 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(finite.mean()) if finite.size else None
 
 
+def _baseline(y: np.ndarray, majority: int, minority: int, present: list[int]) -> dict[str, Any]:
+    """The metrics of always predicting the most frequent training class."""
+    baseline = np.full_like(y, majority)
+    return {
+        "macro_f1": float(f1_score(y, baseline, labels=present, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, baseline)),
+        "minority_recall": float(majority == minority) if minority in present else None,
+    }
+
+
+def _per_class(
+    pred: Predictions, class_names: list[str], present: list[int]
+) -> dict[str, dict[str, Any]]:
+    """Precision, recall, F1, support and one-vs-rest ROC AUC of each class (None: undefined)."""
+    y = pred.labels
+    classes = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred.predicted, labels=classes, zero_division=0
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(class_names):
+        positives = y == c
+        tested = c in present
+        rows[name] = {
+            "precision": float(precision[c]),
+            "recall": float(recall[c]) if tested else None,
+            "f1": float(f1[c]) if tested else None,
+            "support": int(support[c]),
+            "roc_auc": float(roc_auc_score(positives, pred.probs[:, c]))
+            if 0 < positives.sum() < len(y)
+            else None,
+        }
+    return rows
+
+
 def classification_metrics(
     pred: Predictions, class_names: list[str], train_counts: list[int]
 ) -> dict[str, Any]:
-    """Every metric of the evaluation, as a JSON-serialisable dict."""
-    classes = list(range(len(class_names)))
+    """Every metric of the evaluation, as a JSON-serialisable dict.
+
+    Macro-F1, balanced accuracy and macro ROC AUC average over the classes that have
+    images in ``pred`` (listed in ``classes_without_test_images`` otherwise); the
+    recall and F1 of a class without images are ``None``.
+    """
     y, p = pred.labels, pred.predicted
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, p, labels=classes, zero_division=0
-    )
-    per_class: dict[str, dict[str, Any]] = {}
-    for c, name in enumerate(class_names):
-        positives = y == c
-        auc = (
-            float(roc_auc_score(positives, pred.probs[:, c]))
-            if 0 < positives.sum() < len(y)
-            else None
-        )
-        per_class[name] = {
-            "precision": float(precision[c]),
-            "recall": float(recall[c]),
-            "f1": float(f1[c]),
-            "support": int(support[c]),
-            "roc_auc": auc,
-        }
+    present = sorted({int(c) for c in y})
+    per_class = _per_class(pred, class_names, present)
     aucs = [v["roc_auc"] for v in per_class.values() if v["roc_auc"] is not None]
-    majority = int(np.argmax(train_counts))
-    minority = int(np.argmin(train_counts))
-    baseline = np.full_like(y, majority)
+    majority, minority = int(np.argmax(train_counts)), int(np.argmin(train_counts))
+    classes = list(range(len(class_names)))
     return {
         "num_images": len(y),
         "class_names": class_names,
         "train_class_counts": list(train_counts),
         "per_class": per_class,
-        "macro_f1": float(f1_score(y, p, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, p, labels=present, average="macro", zero_division=0)),
         "balanced_accuracy": float(balanced_accuracy_score(y, p)),
         "accuracy": float((y == p).mean()),
         "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
         "confusion_matrix": confusion_matrix(y, p, labels=classes).tolist(),
         "minority_class": class_names[minority],
-        "minority_recall": float(recall[minority]),
+        "minority_recall": per_class[class_names[minority]]["recall"],
+        "classes_without_test_images": [class_names[c] for c in classes if c not in present],
         "majority_baseline": {
             "class": class_names[majority],
-            "macro_f1": float(
-                f1_score(y, baseline, labels=classes, average="macro", zero_division=0)
-            ),
-            "balanced_accuracy": float(balanced_accuracy_score(y, baseline)),
-            "minority_recall": float(majority == minority),
+            **_baseline(y, majority, minority, present),
         },
         "lesion_attention": {
             "attention_mass": _nanmean(pred.attention_mass),
@@ -186,18 +202,13 @@ def classification_metrics(
     }
 
 
-def write_metrics(
-    cfg: Config,
+def evaluate(
     net: DeepPneumoniaNet,
     dataset: Dataset[Any],
     train_counts: list[int],
     rt: Runtime,
-    out: Path,
+    batch_size: int,
 ) -> dict[str, Any]:
-    """Evaluate ``net`` on ``dataset`` and write ``metrics.json`` to ``out``."""
+    """The metrics of ``net`` on ``dataset`` (see :func:`classification_metrics`)."""
     class_names: list[str] = list(dataset.class_names)  # type: ignore[attr-defined]
-    metrics = classification_metrics(
-        predict(net, dataset, rt, cfg.batch_size), class_names, train_counts
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return classification_metrics(predict(net, dataset, rt, batch_size), class_names, train_counts)

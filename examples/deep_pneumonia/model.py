@@ -3,8 +3,8 @@
 ``Backbone`` is a torchvision ResNet with a one-channel stem and no classifier,
 randomly initialised (a user checkpoint may be loaded). Pre-training puts a
 :class:`~contrast_attn.ProjectionHead` on its pooled output (:class:`PretrainNet`);
-fine-tuning (:class:`DeepPneumoniaNet`) puts :class:`~contrast_attn.MaskGuidedAttention`
-after stage ``feature_stage``, then the remaining stages, global average pooling
+fine-tuning (:class:`DeepPneumoniaNet`) puts the attention it is given (a
+:class:`~contrast_attn.MaskGuidedAttention`) after stage ``feature_stage``, then the remaining stages, global average pooling
 and a linear classifier. The stage's feature map also feeds the contrastive
 feature regulariser, whose projection head lives in the loss module.
 """
@@ -152,64 +152,41 @@ class NetOutput:
 
 
 class DeepPneumoniaNet(nn.Module):
-    """The classifier: backbone, optional mask-guided attention after a stage, linear head.
+    """The classifier: backbone, optional attention after a stage, linear head.
 
     Args:
         backbone: the trunk (pre-trained or not).
         num_classes: number of classes K.
-        attention: add :class:`~contrast_attn.MaskGuidedAttention` after ``feature_stage``.
+        attention: the attention applied to the output of ``feature_stage`` (its
+            ``in_channels`` are that stage's channels), or ``None``.
         feature_stage: 1-based stage (2, 3 or 4) whose output is attended and regularised.
-        attention_mode: ``"soft"`` or ``"hard"``.
-        attention_residual: gate as ``f * (1 + a)`` (True) or ``f * a`` (False).
-        teacher_forcing: probability of gating an annotated training image by its mask.
-        attention_prior: the attention map's initial value everywhere, in (0, 1) (the
-            scorer's output bias is its log-odds; a lesion covers a small part of the image).
 
-    Attributes:
-        guided: bool buffer; when False (set by fine-tuning when no training image has
-            a lesion mask) the features are gated by the soft residual ``f * (1 + a)``
-            whatever ``attention_mode`` and ``attention_residual`` say.
+    Raises:
+        ValueError: on a ``feature_stage`` outside 2-4 or an attention whose
+            ``in_channels`` differ from the stage's channels.
     """
 
     def __init__(
         self,
         backbone: Backbone,
         num_classes: int,
+        attention: MaskGuidedAttention | None = None,
         *,
-        attention: bool = True,
-        feature_stage: int = 3,
-        attention_mode: str = "soft",
-        attention_residual: bool = True,
-        teacher_forcing: float = 0.0,
-        attention_prior: float = 0.5,
+        feature_stage: int = 2,
     ) -> None:
         super().__init__()
-        if not 0.0 < attention_prior < 1.0:
-            raise ValueError(f"attention_prior must lie in (0, 1), got {attention_prior}")
         if feature_stage not in (2, 3, 4):
             raise ValueError(f"feature_stage must be 2, 3 or 4, got {feature_stage}")
         self.backbone = backbone
         self.feature_stage = feature_stage
         self.feature_channels = backbone.channels[feature_stage - 1]
-        self.attention = (
-            MaskGuidedAttention(
-                self.feature_channels,
-                mode=attention_mode,
-                residual=attention_residual,
-                teacher_forcing=teacher_forcing,
-                # Start the map at the prior lesion coverage: from 0.5, Adam's bounded
-                # steps spend most of a short run just lowering the background.
-                initial_attention=attention_prior,
+        if attention is not None and attention.in_channels != self.feature_channels:
+            raise ValueError(
+                f"attention.in_channels must be {self.feature_channels} (stage {feature_stage}"
+                f" of the backbone), got {attention.in_channels}"
             )
-            if attention
-            else None
-        )
+        self.attention = attention
         self.classifier = nn.Linear(backbone.channels[-1], num_classes)
-        # Whether a lesion mask guides the attention: fine-tuning clears it when no training
-        # image has one, and the features are then gated softly as f * (1 + a), since an
-        # unguided gate that deletes (hard, f * a, started near 0) would delete every
-        # feature. Saved with the weights so that evaluation agrees.
-        self.register_buffer("guided", torch.tensor(True))
 
     def forward(
         self,
@@ -221,8 +198,9 @@ class DeepPneumoniaNet(nn.Module):
         features = self.backbone.forward_from(x, 0, self.feature_stage)
         attended, attention, attention_logits = features, None, None
         if self.attention is not None:
-            gated, attention = self.attention(features, mask, valid if mask is not None else None)
-            attended = torch.where(self.guided, gated, features * (1 + attention))
+            attended, attention = self.attention(
+                features, mask, valid if mask is not None else None
+            )
             attention_logits = self.attention.last_logits
         final = self.backbone.forward_from(attended, self.feature_stage)
         logits = self.classifier(final.mean(dim=(2, 3)))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .evaluate import lesion_maps
 from .model import DeepPneumoniaNet
-from .runtime import Runtime
+from .training import Runtime
 
 # Files only, no display: also on headless machines and in worker processes.
 matplotlib.use("Agg")

@@ -4,36 +4,74 @@ No labels and no extra data: two augmented views of each training radiograph are
 embedded by the backbone and a projection head, and :class:`~contrast_attn.NTXentLoss`
 pulls the two views of an image together and pushes all other images away. With
 several processes the embeddings are gathered across ranks (``gather=True``), so
-every image of the global batch is a negative. The backbone's weights are what
-fine-tuning starts from.
+every image of the global batch is a negative. The backbone is what fine-tuning
+starts from.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from contrast_attn import NTXentLoss
 
-from . import checkpoint
+from .checkpoint import Checkpointer, run_record
 from .config import Config
 from .data import DataSplits
 from .model import Backbone, PretrainNet
-from .runtime import Runtime, fit, global_mean, make_loader, progress, seed_everything
+from .training import (
+    Runtime,
+    begin_epoch,
+    cosine_schedule,
+    global_mean,
+    make_loader,
+    progress,
+    seed_everything,
+    train_step,
+)
 from .transforms import simclr_transform
 
-__all__ = ["CHECKPOINT", "pretrain", "pretrained_backbone"]
+__all__ = [
+    "CHECKPOINT",
+    "SECTIONS",
+    "build_backbone",
+    "checkpointer",
+    "load_pretrained",
+    "pretrain",
+]
 
 CHECKPOINT = "checkpoints/pretrain.pt"
+# The settings the pre-trained weights depend on (see Config's sections).
+SECTIONS = ("data", "backbone", "pretrain", "training")
+
+
+def build_backbone(cfg: Config) -> Backbone:
+    """A freshly initialised backbone of ``cfg`` (from ``cfg.checkpoint`` when given)."""
+    return Backbone(cfg.arch, width=cfg.width, checkpoint=cfg.checkpoint)
+
+
+def checkpointer(cfg: Config, splits: DataSplits, out: Path, **parts: Any) -> Checkpointer:
+    """The checkpointer of this stage for the run of ``cfg`` on ``splits``."""
+    return Checkpointer(
+        out / CHECKPOINT, "pretrain", run_record(cfg, splits, SECTIONS), "pretrain_epochs", **parts
+    )
 
 
 def pretrain(
     cfg: Config, splits: DataSplits, rt: Runtime, out: Path
-) -> tuple[list[dict[str, float]], bool]:
-    """Pre-train the backbone; returns the history and whether the stage finished."""
+) -> tuple[Backbone, list[dict[str, float]]]:
+    """Pre-train a backbone; returns it and one record per epoch.
+
+    Raises:
+        StageStopped: when ``cfg.stop_after`` ends the stage early.
+        RunMismatch: when resuming a checkpoint of another run.
+    """
     seed_everything(cfg.seed, "pretrain")
-    net = PretrainNet(Backbone(cfg.arch, width=cfg.width, checkpoint=cfg.checkpoint), cfg.ssl_dim)
+    net = PretrainNet(build_backbone(cfg), cfg.ssl_dim)
     model = rt.wrap(net)
     criterion = NTXentLoss(cfg.nt_xent_temperature, gather=rt.distributed)
     dataset = splits.train.with_transform(simclr_transform(cfg.image_size))
@@ -43,56 +81,61 @@ def pretrain(
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg.pretrain_epochs, 1))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+    saver = checkpointer(cfg, splits, out, model=net, optimizer=optimizer, scaler=scaler)
+    start, history = saver.resume() if cfg.resume else (0, [])
+    scheduler = cosine_schedule(optimizer, max(cfg.pretrain_epochs, 1), start)
+    for epoch in range(start, cfg.pretrain_epochs):
+        begin_epoch(cfg, rt, loader, "pretrain", epoch, start)
+        lr = optimizer.param_groups[0]["lr"]
+        bar = progress(loader, f"pre-train {epoch + 1}/{cfg.pretrain_epochs}", cfg, rt)
+        loss = _train_epoch(model, criterion, bar, optimizer, scaler, rt)
+        history.append({"epoch": float(epoch + 1), "pretrain_loss": loss, "pretrain_lr": lr})
+        scheduler.step()
+        if rt.is_main:
+            saver.save(epoch + 1, history)
+        rt.barrier()
+    return net.backbone, history
 
-    def train_epoch(epoch: int) -> dict[str, float]:
-        model.train()
-        total, count = 0.0, 0
-        for batch in progress(loader, f"pre-train {epoch + 1}/{cfg.pretrain_epochs}", cfg, rt):
-            views = batch["views"].to(rt.device, non_blocking=True)
-            size, num_views = views.shape[:2]
-            with rt.autocast():
-                z = model(views.flatten(0, 1)).view(size, num_views, -1)
-                loss = criterion(z)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * size
-            count += size
-        return {f"pretrain_{k}": v for k, v in global_mean({"loss": total}, count, rt).items()}
 
-    return fit(
-        stage="pretrain",
-        model=net,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        epochs=cfg.pretrain_epochs,
-        loader=loader,
-        train_epoch=train_epoch,
-        validate=None,
-        path=out / CHECKPOINT,
-        cfg=cfg,
-        rt=rt,
-        resume=cfg.resume,
+def _train_epoch(
+    model: nn.Module,
+    criterion: NTXentLoss,
+    batches: DataLoader[Any] | Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rt: Runtime,
+) -> float:
+    """One epoch of NT-Xent on two views of each image; the mean loss over all ranks."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        views = batch["views"].to(rt.device, non_blocking=True)
+        size, num_views = views.shape[:2]
+        with rt.autocast():
+            z = model(views.flatten(0, 1)).view(size, num_views, -1)
+            loss = criterion(z)
+        train_step(loss, optimizer, scaler)
+        total += float(loss.detach()) * size
+        count += size
+    return global_mean({"loss": total}, count, rt)["loss"]
+
+
+def load_pretrained(
+    cfg: Config, splits: DataSplits, out: Path
+) -> tuple[Backbone, list[dict[str, float]]]:
+    """The backbone and history this stage saved in ``out`` for the run of ``cfg``.
+
+    Raises:
+        FileNotFoundError: when the stage has not run.
+        RunMismatch: when the checkpoint is of another run or unfinished.
+    """
+    state = checkpointer(cfg, splits, out).read_finished(
+        "run the pretrain stage first (--stage pretrain) or switch it off (--no-pretrain)"
     )
-
-
-def pretrained_backbone(cfg: Config, out: Path) -> Backbone:
-    """A backbone with the pre-trained weights of ``out`` (when ``cfg.pretrain``), else fresh."""
-    backbone = Backbone(cfg.arch, width=cfg.width, checkpoint=cfg.checkpoint)
-    if cfg.pretrain and cfg.pretrain_epochs > 0:
-        path = out / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pre-trained weights not found at {path}: run the pretrain stage first "
-                "(--stage pretrain) or switch pre-training off (--no-pretrain)"
-            )
-        state = checkpoint.load(path)["model"]
-        prefix = "backbone."
-        backbone.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
-    return backbone
+    backbone = build_backbone(cfg)
+    prefix = "backbone."
+    backbone.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    )
+    return backbone, state["history"]

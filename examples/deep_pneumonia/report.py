@@ -14,6 +14,22 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _recall(value: float | None) -> str:
+    """A recall, or why there is none (the class has no test images)."""
+    return "no test images" if value is None else f"{value:.3f}"
+
+
+def _absent_note(metrics: dict[str, Any]) -> list[str]:
+    absent = metrics.get("classes_without_test_images", [])
+    if not absent:
+        return []
+    return [
+        f"No test images of {', '.join(absent)}: macro-F1, balanced accuracy and ROC AUC"
+        " average over the other classes.",
+        "",
+    ]
+
+
 def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
     """Write the Markdown report of a finished run to ``path``."""
     switches = ", ".join(
@@ -39,15 +55,16 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
         f"| balanced accuracy | {_fmt(metrics['balanced_accuracy'])}"
         f" | {_fmt(baseline['balanced_accuracy'])} |",
         f"| recall of the rarest class ({metrics['minority_class']})"
-        f" | {_fmt(metrics['minority_recall'])} | {_fmt(baseline['minority_recall'])} |",
+        f" | {_recall(metrics['minority_recall'])} | {_recall(baseline['minority_recall'])} |",
         f"| macro one-vs-rest ROC AUC | {_fmt(metrics['macro_roc_auc'])} | 0.500 |",
         "",
+        *_absent_note(metrics),
         "| class | precision | recall | F1 | ROC AUC | support |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in metrics["per_class"].items():
         lines.append(
-            f"| {name} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])}"
+            f"| {name} | {_fmt(row['precision'])} | {_recall(row['recall'])} | {_fmt(row['f1'])}"
             f" | {_fmt(row['roc_auc'])} | {row['support']} |"
         )
     lines += [

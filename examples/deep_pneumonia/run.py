@@ -17,6 +17,7 @@ Outputs: ``config.json``, ``checkpoints/`` (written atomically after every epoch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -27,22 +28,31 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable for the package imports below.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from examples.deep_pneumonia import checkpoint
-from examples.deep_pneumonia.config import Config
+from examples.deep_pneumonia import finetune as finetune_stage
+from examples.deep_pneumonia import pretrain as pretrain_stage
+from examples.deep_pneumonia.checkpoint import RunMismatch, remove_stale_temporaries
+from examples.deep_pneumonia.config import (
+    PRESETS,
+    SECTIONS,
+    Config,
+    parse_assignment,
+    parse_value,
+    preset,
+)
 from examples.deep_pneumonia.data import DataSplits, build_datasets
-from examples.deep_pneumonia.evaluate import write_metrics
-from examples.deep_pneumonia.finetune import CHECKPOINT as FINETUNE_CHECKPOINT
-from examples.deep_pneumonia.finetune import finetune, load_best
+from examples.deep_pneumonia.evaluate import evaluate
+from examples.deep_pneumonia.finetune import finetune, load_finetuned
+from examples.deep_pneumonia.model import Backbone, DeepPneumoniaNet
 from examples.deep_pneumonia.plots import (
     attention_overlays,
     confusion_matrix_plot,
     training_curves,
 )
-from examples.deep_pneumonia.pretrain import CHECKPOINT as PRETRAIN_CHECKPOINT
-from examples.deep_pneumonia.pretrain import pretrain
+from examples.deep_pneumonia.pretrain import load_pretrained, pretrain
 from examples.deep_pneumonia.report import write_report
-from examples.deep_pneumonia.runtime import (
+from examples.deep_pneumonia.training import (
     Runtime,
+    StageStopped,
     seed_everything,
     setup_runtime,
     teardown,
@@ -51,161 +61,183 @@ from examples.deep_pneumonia.runtime import (
 __all__ = ["build_parser", "config_from_args", "main", "run_pipeline"]
 
 STAGES = ("all", "pretrain", "finetune", "evaluate")
-
-
-def _stage_history(out: Path) -> dict[str, list[dict[str, float]]]:
-    """The per-epoch records saved in the stage checkpoints of ``out``."""
-    history = {}
-    for stage, name in (("pretrain", PRETRAIN_CHECKPOINT), ("finetune", FINETUNE_CHECKPOINT)):
-        if (out / name).is_file():
-            history[stage] = checkpoint.load(out / name)["history"]
-    return history
-
-
-def evaluate_run(cfg: Config, splits: DataSplits, rt: Runtime, out: Path) -> dict[str, Any]:
-    """Stage 3 on rank 0: metrics, figures and the report of the run in ``out``."""
-    net = load_best(cfg, len(splits.class_names), out).to(rt.device)
-    metrics = write_metrics(cfg, net, splits.test, splits.train.class_counts(), rt, out)
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    training_curves(_stage_history(out), plots / "curves.png")
-    confusion_matrix_plot(
-        metrics["confusion_matrix"], splits.class_names, plots / "confusion_matrix.png"
-    )
-    attention_overlays(net, splits.test, rt, plots / "attention.png")
-    write_report(cfg, metrics, out / "report.md")
-    return metrics
+History = list[dict[str, float]]
 
 
 def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] | None:
     """Run ``stage`` (or all stages) of the pipeline into ``out``.
 
+    A single stage starts from what the earlier stages saved in ``out``.
+
     Returns:
         The test metrics when the evaluation ran on this process, else ``None``
         (other ranks, an earlier stage only, or a stage stopped by ``cfg.stop_after``).
+
+    Raises:
+        RunMismatch: when a checkpoint in ``out`` that this run would resume or use
+            belongs to another run (settings, data or split), saying what differs.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     rt = setup_runtime(cfg)
     try:
-        seed_everything(cfg.seed, "data")
-        splits = build_datasets(
-            cfg.data, image_size=cfg.image_size, seed=cfg.seed, **cfg.data_kwargs()
-        )
-        if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if stage in ("all", "pretrain") and cfg.pretrain and cfg.pretrain_epochs > 0:
-            if not pretrain(cfg, splits, rt, out)[1]:
-                return None
-        if stage in ("all", "finetune") and not finetune(cfg, splits, rt, out)[1]:
+        splits = _prepare(cfg, out, rt, stage)
+        backbone, pretrain_history = _pretrained(cfg, splits, rt, out, stage)
+        if stage == "pretrain":
             return None
+        if stage == "evaluate":
+            net, history = load_finetuned(cfg, splits, out)
+        else:
+            net, history = finetune(backbone, cfg, splits, rt, out)
         metrics = None
         if stage in ("all", "evaluate") and rt.is_main:
-            metrics = evaluate_run(cfg, splits, rt, out)
+            metrics = evaluate(
+                net.to(rt.device), splits.test, splits.train.class_counts(), rt, cfg.batch_size
+            )
+            curves = {"pretrain": pretrain_history, "finetune": history}
+            _write_outputs(cfg, metrics, net, splits, curves, rt, out)
         rt.barrier()
         return metrics
+    except StageStopped:
+        return None
     finally:
         teardown(rt)
 
 
+def _prepare(cfg: Config, out: Path, rt: Runtime, stage: str) -> DataSplits:
+    """The data; the run folder checked against the checkpoints it will use, then set up."""
+    seed_everything(cfg.seed, "data")
+    splits = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **cfg.data_kwargs())
+    _check_checkpoints(cfg, splits, out, stage)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(out / "checkpoints"):
+            print(f"removed {path}, left by an interrupted checkpoint write")
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    rt.barrier()
+    return splits
+
+
+def _check_checkpoints(cfg: Config, splits: DataSplits, out: Path, stage: str) -> None:
+    """Refuse, before anything is written, a checkpoint this run resumes or uses but does not match."""
+    position = STAGES.index(stage)
+    for index, module in enumerate((pretrain_stage, finetune_stage), start=1):
+        if module is pretrain_stage and not (cfg.pretrain and cfg.pretrain_epochs > 0):
+            continue
+        used = position > index  # an earlier stage's result
+        resumed = cfg.resume and position in (0, index)
+        saver = module.checkpointer(cfg, splits, out)
+        if (used or resumed) and saver.path.is_file():
+            saver.read(growing=resumed)
+
+
+def _pretrained(
+    cfg: Config, splits: DataSplits, rt: Runtime, out: Path, stage: str
+) -> tuple[Backbone | None, History]:
+    """The backbone fine-tuning starts from (``None``: from scratch) and pre-training's history."""
+    if not (cfg.pretrain and cfg.pretrain_epochs > 0):
+        return None, []
+    if stage in ("all", "pretrain"):
+        return pretrain(cfg, splits, rt, out)
+    return load_pretrained(cfg, splits, out)
+
+
+def _write_outputs(
+    cfg: Config,
+    metrics: dict[str, Any],
+    net: DeepPneumoniaNet,
+    splits: DataSplits,
+    history: dict[str, History],
+    rt: Runtime,
+    out: Path,
+) -> None:
+    """``metrics.json``, the figures and the report of the run in ``out``."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    training_curves(history, plots / "curves.png")
+    confusion_matrix_plot(
+        metrics["confusion_matrix"], splits.class_names, plots / "confusion_matrix.png"
+    )
+    attention_overlays(net, splits.test, rt, plots / "attention.png")
+    write_report(cfg, metrics, out / "report.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``run.py``."""
+    """The command line of ``run.py``: the run's options, then one flag per setting."""
     parser = argparse.ArgumentParser(
         description="Deep Pneumonia: attention-based contrastive learning for class-imbalanced "
-        "pneumonia lesion recognition (pre-train, fine-tune, evaluate)."
+        "pneumonia lesion recognition (pre-train, fine-tune, evaluate).",
+        epilog="Boolean settings have --NAME and --no-NAME; a setting is also --set NAME=VALUE.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/deep_pneumonia"), help="run folder")
+    parser.add_argument("--stage", choices=STAGES, default="all", help="run one stage, or all")
     parser.add_argument(
-        "--data", default="synthetic", help="'synthetic' (the phantom), 'hannover' or a folder path"
+        "--preset", choices=sorted(PRESETS), default="quick", help="the settings to start from"
     )
-    parser.add_argument("--stage", choices=STAGES, default="all")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run of every stage (CI)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints")
-    for name in ("pretrain", "class-balanced", "attention", "regularizer"):
-        parser.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs")
-    parser.add_argument("--pretrain-epochs", type=int, help="pre-training epochs")
-    parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (global)")
-    parser.add_argument("--image-size", type=int, help="side length of the images")
-    parser.add_argument("--arch", help="resnet10, resnet18, resnet34 or resnet50")
-    parser.add_argument("--checkpoint", help="state_dict of a 1-channel ResNet to start from")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--phantom-images", type=int, help="phantom: number of images")
     parser.add_argument(
-        "--shortcut-markers",
-        action="store_true",
-        help="phantom: a class-correlated marker in training, uncorrelated in the test split",
+        "--smoke", dest="preset", action="store_const", const="smoke", help="--preset smoke (CI)"
     )
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--num-workers", type=int, help="data-loading processes")
     parser.add_argument(
-        "--threads", type=int, help="CPU threads per process (default 1; 0 = PyTorch's default)"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting (repeatable)"
     )
-    parser.add_argument("--stop-after", type=int, help="stop a stage after N epochs (resumable)")
     parser.add_argument(
         "--data-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="option of the data source, VALUE as JSON (e.g. shortcut_markers=true)",
+        help="one option of the data source, VALUE as JSON (e.g. task=projection)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    groups = {name: parser.add_argument_group(f"{name} settings") for name in SECTIONS}
+    for f in dataclasses.fields(Config):
+        default = getattr(Config(), f.name)
+        text = f"{f.metadata['help']} (default: {default!r})"
+        flag = "--" + f.name.replace("_", "-")
+        group = groups[f.metadata["section"]]
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)  # fmt: skip
+        else:
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=text)  # fmt: skip
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The :class:`Config` of parsed arguments (quick default or smoke preset, then flags)."""
-    changes: dict[str, Any] = {
-        "data": args.data,
-        "resume": args.resume,
-        "pretrain": not args.no_pretrain,
-        "class_balanced": not args.no_class_balanced,
-        "attention": not args.no_attention,
-        "regularizer": not args.no_regularizer,
-    }
-    flags = {
-        "epochs": args.epochs,
-        "pretrain_epochs": args.pretrain_epochs,
-        "batch_size": args.batch_size,
-        "image_size": args.image_size,
-        "arch": args.arch,
-        "checkpoint": args.checkpoint,
-        "seed": args.seed,
-        "device": args.device,
-        "num_workers": args.num_workers,
-        "stop_after": args.stop_after,
-        "phantom_images": args.phantom_images,
-    }
-    changes.update({k: v for k, v in flags.items() if v is not None})
-    if args.threads is not None:
-        changes["threads"] = args.threads or None
-    if args.shortcut_markers:
-        changes["shortcut_markers"] = True
-    if args.no_amp:
-        changes["amp"] = False
-    if args.no_progress:
-        changes["progress"] = False
-    base = Config.smoke() if args.smoke else Config()
-    options = dict(base.data_options)
-    for item in args.data_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--data-option expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    changes["data_options"] = options
-    return base.replace(**changes)
+    """The :class:`Config` of parsed arguments: the preset, then ``--set``, then the flags.
+
+    Raises:
+        ValueError, TypeError: naming the setting, on an unknown, unparsable or invalid one.
+    """
+    changes: dict[str, Any] = dict(parse_assignment(item) for item in args.set)
+    for f in dataclasses.fields(Config):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            changes[f.name] = parse_value(f.name, value) if isinstance(value, str) else value
+    if args.data_option:
+        options = dict(changes.get("data_options", PRESETS[args.preset].get("data_options", {})))
+        for item in args.data_option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--data-option expects KEY=VALUE, got {item!r}")
+            try:
+                options[key] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key] = value
+        changes["data_options"] = options
+    return preset(args.preset, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and run the pipeline."""
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    metrics = run_pipeline(cfg, args.out, args.stage)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    try:
+        metrics = run_pipeline(cfg, args.out, args.stage)
+    except RunMismatch as error:
+        raise SystemExit(f"error: {error}") from None
     if metrics is not None:
         baseline = metrics["majority_baseline"]["macro_f1"]
         print(

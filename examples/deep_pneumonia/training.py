@@ -1,14 +1,15 @@
-"""Device, processes, seeds, data loaders and the epoch loop both training stages share.
+"""What both training stages share: processes and devices, seeds, loaders, one step, the schedule.
 
-Reproducibility: before every epoch all generators are seeded from
+Reproducibility: before every epoch (:func:`begin_epoch`) all generators are seeded from
 ``(seed, stage, epoch, rank)``, and the order of the training data is that of a
 :class:`~torch.utils.data.DistributedSampler` seeded by ``seed`` at that epoch. An epoch
 therefore depends only on the weights it starts from and these numbers, so a run
-resumed from a checkpoint continues exactly as the uninterrupted run would have.
+resumed from a checkpoint (:class:`~.checkpoint.Checkpointer`) continues exactly as the
+uninterrupted run would have.
 
-Several processes (``torchrun``): the process group is initialised from the
-environment, each rank reads its shard of every training epoch, contrastive losses
-gather embeddings across ranks, and only rank 0 validates and writes files.
+Several processes (``torchrun``, :func:`setup_runtime`): the process group is initialised
+from the environment, each rank reads its shard of every training epoch, contrastive
+losses gather embeddings across ranks, and only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,19 +33,25 @@ from tqdm.auto import tqdm
 
 from contrast_attn.distributed import all_reduce_sum, rank_and_world_size
 
-from . import checkpoint
 from .config import Config
 
 __all__ = [
     "Runtime",
-    "fit",
+    "StageStopped",
+    "begin_epoch",
+    "cosine_schedule",
     "global_mean",
     "make_loader",
     "progress",
     "seed_everything",
     "setup_runtime",
     "teardown",
+    "train_step",
 ]
+
+
+class StageStopped(Exception):
+    """A stage stopped early as ``stop_after`` asked; its checkpoint resumes it."""
 
 
 @dataclass
@@ -100,7 +107,7 @@ def setup_runtime(cfg: Config) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = rank_and_world_size()
-    if cfg.device == "auto" or cfg.device == "cuda":
+    if cfg.device in ("auto", "cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     else:
@@ -108,7 +115,7 @@ def setup_runtime(cfg: Config) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     threads_before = None
-    if device.type == "cpu" and cfg.threads is not None:
+    if device.type == "cpu" and cfg.threads:
         # The quick run's small convolutions gain little from more threads, and on a
         # shared or oversubscribed machine extra threads slow every step down many times.
         threads_before = torch.get_num_threads()
@@ -183,88 +190,59 @@ def global_mean(values: dict[str, float], count: int, rt: Runtime) -> dict[str, 
     return {k: float(totals[i] / totals[-1]) for i, k in enumerate(keys)}
 
 
-def fit(
-    *,
-    stage: str,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    epochs: int,
-    loader: DataLoader[Any],
-    train_epoch: Callable[[int], dict[str, float]],
-    validate: Callable[[int, list[dict[str, float]]], dict[str, float]] | None,
-    path: Path,
-    cfg: Config,
-    rt: Runtime,
-    resume: bool,
-) -> tuple[list[dict[str, float]], bool]:
-    """Train ``epochs`` epochs, writing a checkpoint after each; resume from ``path``.
-
-    Args:
-        stage: the stage's name (``"pretrain"`` or ``"finetune"``).
-        model: the bare module (not the DDP wrapper) whose state is saved.
-        optimizer, scheduler, scaler: saved and restored with the model.
-        epochs: total epochs of the stage.
-        loader: the training loader (its sampler is set to each epoch).
-        train_epoch: trains one epoch, returns its mean losses.
-        validate: rank 0 only, after each epoch, given the epoch and the history so
-            far; returns validation metrics (or ``None``).
-        path: the stage's checkpoint.
-        cfg: the run's configuration (seed, ``stop_after``).
-        rt: the runtime.
-        resume: continue from ``path`` when it exists.
-
-    Returns:
-        ``(history, finished)``: one record per epoch; ``finished`` is False when
-        ``cfg.stop_after`` interrupted the stage.
-    """
-    history: list[dict[str, float]] = []
-    start = 0
-    if resume and path.is_file():
-        state = checkpoint.load(path)
-        if state["stage"] != stage:
-            raise ValueError(f"{path} holds stage {state['stage']!r}, expected {stage!r}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.restore_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"]
-    for epoch in range(start, epochs):
-        if cfg.stop_after is not None and epoch - start >= cfg.stop_after:
-            return history, False
-        sampler = loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        seed_everything(cfg.seed, stage, epoch, rt.rank)
-        if loader.generator is not None:
-            # The workers' seeds of this epoch (with num_workers > 0).
-            loader.generator.manual_seed(torch.initial_seed())
-        record = {"epoch": float(epoch + 1), **train_epoch(epoch)}
-        scheduler.step()
-        if validate is not None and rt.is_main:
-            record.update(validate(epoch, history))
-        history.append(record)
-        if rt.is_main:
-            checkpoint.atomic_save(
-                {
-                    "stage": stage,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": checkpoint.rng_state(),
-                    "history": history,
-                    "config": cfg.to_dict(),
-                },
-                path,
-            )
-        rt.barrier()
-    return history, True
-
-
 def progress(iterable: DataLoader[Any], desc: str, cfg: Config, rt: Runtime) -> Iterator[Any]:
     """A tqdm bar over ``iterable`` on rank 0 when ``cfg.progress`` is on."""
     yield from tqdm(iterable, desc=desc, leave=False, disable=not (cfg.progress and rt.is_main))
+
+
+def begin_epoch(
+    cfg: Config, rt: Runtime, loader: DataLoader[Any], stage: str, epoch: int, start: int
+) -> None:
+    """Seed every generator and the sampler for ``epoch`` of ``stage``.
+
+    Raises:
+        StageStopped: when ``cfg.stop_after`` epochs have run since ``start``.
+    """
+    if cfg.stop_after is not None and epoch - start >= cfg.stop_after:
+        raise StageStopped(f"{stage} stopped after {epoch} epochs (stop_after={cfg.stop_after})")
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    seed_everything(cfg.seed, stage, epoch, rt.rank)
+    if loader.generator is not None:
+        # The workers' seeds of this epoch (with num_workers > 0).
+        loader.generator.manual_seed(torch.initial_seed())
+
+
+def train_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> None:
+    """One optimiser step on ``loss`` (scaled when mixed precision is on)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, epochs: int, start: int = 0
+) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """Cosine decay over ``epochs`` epochs, at epoch ``start``.
+
+    The schedule is always that of the configured total: a run resumed with more epochs
+    than it was started with continues on the cosine of the new total (its learning
+    rate at ``start`` is the new schedule's), so no epoch runs past the end of an old
+    schedule at learning rate 0. With the same total the learning rates are exactly
+    those of the uninterrupted run.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    with warnings.catch_warnings():
+        # Replaying the schedule up to ``start`` takes no optimiser steps, by design.
+        warnings.filterwarnings(
+            "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+        )
+        for _ in range(start):
+            scheduler.step()
+    return scheduler
