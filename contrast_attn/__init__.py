@@ -11,20 +11,28 @@ from ._checks import finite_checks_enabled, set_finite_checks
 from ._version import __version__
 from .layers import MaskedAveragePool, MaskGuidedAttention, ProjectionHead
 from .losses import (
+    BalancedSoftmaxLoss,
     ClassBalancedLoss,
     ContrastiveFeatureRegularizer,
+    LDAMLoss,
+    LogitAdjustedLoss,
     MaskGuidanceLoss,
     NTXentLoss,
+    PostHocLogitAdjustment,
     SupConLoss,
 )
 
 __all__ = [
+    "BalancedSoftmaxLoss",
     "ClassBalancedLoss",
     "ContrastiveFeatureRegularizer",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
     "MaskGuidanceLoss",
     "MaskGuidedAttention",
     "MaskedAveragePool",
     "NTXentLoss",
+    "PostHocLogitAdjustment",
     "ProjectionHead",
     "SupConLoss",
     "__version__",

@@ -4,25 +4,39 @@ Each function validates its inputs, computes the formula written in its
 docstring, and applies the reduction. The :mod:`contrast_attn` modules are thin
 wrappers that hold the hyper-parameters (and buffers such as class counts).
 One concept per file: ``contrastive`` (NT-Xent, SupCon), ``class_balanced``,
-``guidance`` (mask guidance, CAM), ``pooling``, ``regularizer``.
+``logit_adjustment``, ``balanced_softmax``, ``ldam``, ``deferred_reweighting``
+(with ``class_prior`` and ``cross_entropy`` beneath them), ``guidance`` (mask
+guidance, CAM), ``pooling``, ``regularizer``.
 """
 
+from .balanced_softmax import balanced_softmax_loss
 from .class_balanced import class_balanced_loss, class_balanced_weights, effective_number
+from .class_prior import class_log_prior
 from .contrastive import nt_xent_loss, supcon_loss
+from .deferred_reweighting import deferred_reweighting_weights
 from .guidance import class_activation_map, mask_guidance_loss, resize_mask
+from .ldam import ldam_loss, ldam_margins
+from .logit_adjustment import logit_adjusted_loss, post_hoc_logit_adjustment
 from .pooling import MaskedPool, masked_average_pool
 from .regularizer import contrastive_feature_regularizer
 
 __all__ = [
     "MaskedPool",
+    "balanced_softmax_loss",
     "class_activation_map",
     "class_balanced_loss",
     "class_balanced_weights",
+    "class_log_prior",
     "contrastive_feature_regularizer",
+    "deferred_reweighting_weights",
     "effective_number",
+    "ldam_loss",
+    "ldam_margins",
+    "logit_adjusted_loss",
     "mask_guidance_loss",
     "masked_average_pool",
     "nt_xent_loss",
+    "post_hoc_logit_adjustment",
     "resize_mask",
     "supcon_loss",
 ]

@@ -1,0 +1,175 @@
+r"""Label-distribution-aware margin (LDAM) loss of Cao et al. (NeurIPS 2019).
+
+Rare classes generalise worse, so they are given larger margins: the generalisation
+bound of the paper is minimised by per-class margins :math:`\Delta_c \propto
+n_c^{-1/4}`. The margin is subtracted from the true class's logit before a scaled
+softmax cross-entropy, which makes the loss demand a larger lead for rarer classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .class_balanced import Counts
+from .class_prior import counts_without_zeros
+from .cross_entropy import (
+    ClassWeight,
+    check_class_target,
+    check_class_weight,
+    check_logits,
+    compute_dtype,
+    weighted_cross_entropy,
+)
+
+__all__ = ["check_ldam_args", "ldam_loss", "ldam_margins"]
+
+
+def check_ldam_args(max_margin: float, scale: float) -> tuple[float, float]:
+    """Check ``max_margin >= 0`` and ``scale > 0``; return them as floats."""
+    return (
+        _checks.check_float(max_margin, "max_margin", low=0.0),
+        _checks.check_float(scale, "scale", low=0.0, low_inclusive=False),
+    )
+
+
+def _margins(
+    counts: Counts, num_classes: int | None, max_margin: float, zero_count: str, source: str
+) -> torch.Tensor:
+    positive = counts_without_zeros(
+        counts, num_classes, zero_count=zero_count, source=source, quantity="LDAM margin"
+    )
+    raw = positive.pow(-0.25)
+    return raw * (max_margin / raw.max())
+
+
+def ldam_margins(
+    counts: Counts, *, max_margin: float = 0.5, zero_count: str = "error"
+) -> torch.Tensor:
+    r"""Per-class LDAM margins, largest (rarest class) equal to ``max_margin``.
+
+    .. math::
+        \Delta_c = \frac{C_\Delta}{n_c^{1/4}}, \qquad
+        C_\Delta = \text{max\_margin} \cdot \min_k n_k^{1/4} ,
+
+    i.e. :math:`\Delta_c = \text{max\_margin}\,(\min_k n_k / n_c)^{1/4}`, the
+    authors' code's ``m_list * (max_m / max(m_list))``.
+
+    Args:
+        counts: ``[C]`` non-negative whole numbers of samples per class.
+        max_margin: The margin of the rarest class, :math:`\ge 0`; the paper's
+            default is 0.5.
+        zero_count: ``"error"`` or ``"as_one"`` for a class without samples (its
+            margin :math:`n^{-1/4}` would be infinite).
+
+    Returns:
+        ``[C]`` float64 margins on the device of ``counts``.
+
+    Raises:
+        TypeError: ``counts`` of a wrong kind.
+        ValueError: Bad counts; a zero count with ``zero_count="error"``;
+            ``max_margin < 0``.
+
+    References:
+        Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
+        Margin Loss", NeurIPS 2019 (arXiv:1906.07413), Eq. 12; code
+        https://github.com/kaidic/LDAM-DRW (``losses.py``).
+
+    Examples:
+        >>> from contrast_attn.functional import ldam_margins
+        >>> ldam_margins([160, 10, 1], max_margin=0.5)
+        tensor([0.1406, 0.2812, 0.5000], dtype=torch.float64)
+    """
+    max_margin = _checks.check_float(max_margin, "max_margin", low=0.0)
+    return _margins(counts, None, max_margin, zero_count, "num_classes")
+
+
+def ldam_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    counts: Counts,
+    *,
+    max_margin: float = 0.5,
+    scale: float = 30.0,
+    weight: ClassWeight = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    zero_count: str = "error",
+) -> torch.Tensor:
+    r"""LDAM loss: scaled cross-entropy with a class-dependent margin (Cao et al., 2019).
+
+    .. math::
+        \ell_i = -w_{y_i} \log
+            \frac{e^{s (x_{i y_i} - \Delta_{y_i})}}
+                 {e^{s (x_{i y_i} - \Delta_{y_i})} + \sum_{c \ne y_i} e^{s\, x_{ic}}},
+
+    with the margins :math:`\Delta_c` of :func:`ldam_margins` and the scale
+    :math:`s` applied to every logit, margin included, as in the authors' code
+    (``F.cross_entropy(s * output, target, weight)``). The paper uses it on
+    cosine logits (normalised features and classifier weights, :math:`x \in
+    [-1, 1]`), for which :math:`s = 30` and a margin of 0.5 are sized; for
+    unnormalised logits pick a smaller ``scale``. ``max_margin=0`` and
+    ``scale=1`` give the plain cross-entropy. Deferred re-weighting (LDAM-DRW) passes
+    the class weights of :func:`deferred_reweighting_weights` as ``weight``.
+
+    Reductions and ``ignore_index`` follow ``F.cross_entropy(weight=w)`` (a mean
+    over no sample is 0). Logits are upcast to float32 (float64 stays float64),
+    also under fp16/bf16 autocast.
+
+    Args:
+        logits: ``[B, C]`` scores, typically cosine similarities.
+        target: ``[B]`` integer class indices (``ignore_index`` allowed).
+        counts: ``[C]`` training samples per class (tensor, NumPy array or sequence).
+        max_margin: Margin of the rarest class, :math:`\ge 0` (paper: 0.5).
+        scale: :math:`s > 0` (paper: 30).
+        weight: Optional ``[C]`` non-negative class weights :math:`w`.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]``, 0 for ignored samples).
+        ignore_index: Target value to skip.
+        zero_count: ``"error"`` or ``"as_one"`` for a class without samples.
+
+    Returns:
+        A scalar, or ``[B]`` with ``reduction="none"`` (float32, or float64 for
+        float64 logits).
+
+    Raises:
+        TypeError: Non-tensor or non-floating logits, non-integer targets, counts or
+            weight of a wrong kind.
+        ValueError: logits not ``[B, C]`` or not finite; target out of range; bad
+            counts (negative, not whole, wrong length, a zero with
+            ``zero_count="error"``); weight of a wrong shape or negative;
+            ``max_margin < 0`` or ``scale <= 0``.
+
+    References:
+        Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
+        Margin Loss", NeurIPS 2019 (arXiv:1906.07413), Eq. 13; code
+        https://github.com/kaidic/LDAM-DRW (``losses.py``).
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from contrast_attn.functional import ldam_loss
+        >>> _ = torch.manual_seed(0)
+        >>> cosine = torch.rand(4, 3) * 2 - 1
+        >>> target = torch.tensor([0, 0, 1, 2])
+        >>> loss = ldam_loss(cosine, target, [900, 90, 10], max_margin=0.5, scale=30.0)
+        >>> plain = ldam_loss(cosine, target, [900, 90, 10], max_margin=0.0, scale=1.0)
+        >>> torch.allclose(plain, F.cross_entropy(cosine, target))
+        True
+    """
+    check_logits(logits)
+    max_margin, scale = check_ldam_args(max_margin, scale)
+    _checks.check_reduction(reduction)
+    _checks.check_int(ignore_index, "ignore_index")
+    check_class_target(target, logits, ignore_index)
+    num_classes = logits.shape[1]
+    weight = check_class_weight(weight, num_classes)
+    margins = _margins(counts, num_classes, max_margin, zero_count, "logits [B, C]")
+    dtype = compute_dtype(logits)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits.to(dtype)
+        target = target.to(x.device)
+        index = torch.where(target != ignore_index, target, 0).long()
+        delta = margins.to(device=x.device, dtype=dtype)[index]
+        adjusted = scale * (x - delta[:, None] * F.one_hot(index, num_classes).to(dtype))
+        return weighted_cross_entropy(adjusted, target, weight, reduction, ignore_index)
