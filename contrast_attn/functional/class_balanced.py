@@ -462,7 +462,8 @@ def class_balanced(
             index = torch.where(valid, target, 0).long()
             alpha = w[index] * valid
             positives = valid.sum()
-            y = F.one_hot(index, num_classes).to(dtype)
+            # One-hot by comparison: F.one_hot reads the index range back to the host.
+            y = (index[:, None] == torch.arange(num_classes, device=x.device)).to(dtype)
         if loss_type == "softmax":
             log_p = x.log_softmax(dim=1)
             per_sample = -(y * log_p).sum(dim=1)
