@@ -447,10 +447,15 @@ def _contrast(
     num_without = (~has_pos).sum()
     if reduction != "mean":
         return SupConResult(loss, num_without)
-    counted = has_pos.sum() if no_positive == "ignore" else num_pos.numel()
+    if no_positive == "ignore":
+        counted = has_pos.sum()
+    elif not gather:
+        # Every anchor counts: a plain mean (no guard on the batch size under export).
+        return SupConResult(loss / num_pos.shape[0], num_without)
+    else:
+        counted = torch.full((), num_pos.shape[0], device=device)
     if gather:
         # Global count / world size: the mean over ranks of the rank losses is the global mean.
-        counted = torch.as_tensor(counted, device=device)
         return SupConResult(reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without)
     return SupConResult(reduce_loss(loss, "mean", counted), num_without)
 
