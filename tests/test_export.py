@@ -169,7 +169,8 @@ def test_exports_with_dynamic_batch(name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["nt_xent_loss", "supcon_loss tiled", "ContrastiveFeatureRegularizer", "ClassBalancedLoss"]
+    "name",
+    ["nt_xent_loss", "supcon_loss tiled", "ContrastiveFeatureRegularizer", "ClassBalancedLoss"],
 )
 def test_inductor_equals_eager(name: str) -> None:
     torch._dynamo.reset()
