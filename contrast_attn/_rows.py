@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "DENSE_MAX_PAIRS",
@@ -125,7 +126,7 @@ def default_chunk_size(num_keys: int, element_size: int = 4) -> int:
 
 def contrastive_rows(
     keys: torch.Tensor,
-    anchor_index: torch.Tensor,
+    anchor_index: torch.Tensor | None,
     positives: Positives,
     *,
     temperature: Temperature,
@@ -151,7 +152,8 @@ def contrastive_rows(
 
     Args:
         keys: ``[N, D]`` L2-normalised rows (float32 or float64).
-        anchor_index: ``[n]`` long, the rows of ``keys`` that serve as anchors.
+        anchor_index: ``[n]`` long, the rows of ``keys`` that serve as anchors;
+            ``None`` = every row, in order.
         positives: The positive relation (and the valid keys).
         temperature: :math:`\\tau > 0`, a number or a 0-d tensor (which gets a gradient).
         variant: ``"out"`` or ``"in"``.
@@ -163,12 +165,15 @@ def contrastive_rows(
     Returns:
         :class:`RowLosses` ``(loss [n] or 0-d, num_positives [n])``.
     """
-    n, big_n = anchor_index.shape[0], keys.shape[0]
+    big_n = keys.shape[0]
+    n = big_n if anchor_index is None else anchor_index.shape[0]
     if chunk_size is None and (n * big_n <= DENSE_MAX_PAIRS or positives.matrix is not None):
         # Small problems, or an explicit mask (already n*N): the dense path is as lean.
         loss, num_pos = _dense_rows(keys, anchor_index, positives, temperature, variant)
         return RowLosses(loss.sum() if summed else loss, num_pos)
     tile = chunk_size if chunk_size is not None else default_chunk_size(big_n)
+    if anchor_index is None:
+        anchor_index = torch.arange(big_n, device=keys.device)
     tau_grad = isinstance(temperature, torch.Tensor) and temperature.requires_grad
     need_grad = torch.is_grad_enabled() and (keys.requires_grad or tau_grad)
     loss, num_pos = _TiledContrastive.apply(
@@ -188,30 +193,65 @@ def contrastive_rows(
 
 def _dense_rows(
     keys: torch.Tensor,
-    anchor_index: torch.Tensor,
+    anchor_index: torch.Tensor | None,
     positives: Positives,
     temperature: Temperature,
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    self_col = anchor_index[:, None]
     # Scale the [n, D] anchors, not the [n, N] logits; mask the self pair in place
     # (the matmul's backward does not need its output).
-    logits = (keys.index_select(0, anchor_index) / temperature) @ keys.T
-    logits.scatter_(1, self_col, float("-inf"))
+    anchors = keys if anchor_index is None else keys.index_select(0, anchor_index)
+    logits = (anchors / temperature) @ keys.T
+    if anchor_index is None:
+        logits.diagonal().fill_(float("-inf"))
+    else:
+        logits.scatter_(1, anchor_index[:, None], float("-inf"))
     valid = positives.key_valid
+    anchor_valid = None
     if valid is not None:
         # A finite filler: a row whose keys are all invalid keeps a finite gradient.
         logits = logits.masked_fill(~valid[None, :], torch.finfo(logits.dtype).min)
-    lse = logits.logsumexp(dim=1)
+        anchor_valid = valid if anchor_index is None else valid[anchor_index]
+        lse = logits.logsumexp(dim=1)
+    else:
+        # lse_i = CE(logits_i, t_i) + logit_{i t_i} for any other key t_i: the fused
+        # log-softmax of cross_entropy, with the logit taken from the [n, D] rows.
+        own_row = torch.arange(logits.shape[0], device=keys.device)
+        other = (own_row if anchor_index is None else anchor_index).add(1).remainder(keys.shape[0])
+        lse = (
+            F.cross_entropy(logits, other, reduction="none")
+            + (anchors * keys.index_select(0, other)).sum(dim=1) / temperature
+        )
+    labels = positives.key_labels
+    if variant == "out" and labels is not None:
+        # Low rank: the positives' logits sum to a_i . (its class's key sum - a_i) / tau,
+        # so no [n, N] positive mask is built.
+        key_class = _class_ids(labels)
+        anchor_class = key_class if anchor_index is None else key_class[anchor_index]
+        member = keys.new_ones(keys.shape[0]) if valid is None else valid.to(keys.dtype)
+        class_sum = keys.new_zeros(keys.shape).index_add(0, key_class, keys * member[:, None])
+        class_count = keys.new_zeros(keys.shape[0]).index_add(0, key_class, member)
+        own = member if anchor_index is None else member[anchor_index]
+        num_pos = (class_count[anchor_class] - own).round().long()
+        if anchor_valid is not None:
+            num_pos = torch.where(anchor_valid, num_pos, 0)
+        pos_key_sum = class_sum[anchor_class] - anchors * own[:, None]
+        count = num_pos.clamp(min=1).to(keys.dtype)
+        pos_logit = (anchors * pos_key_sum).sum(dim=1) / (count * temperature)
+        return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
     if positives.matrix is not None:
         pos = positives.matrix.clone()
     else:
-        labels = positives.key_labels
         assert labels is not None
-        pos = labels[anchor_index][:, None] == labels[None, :]
-    pos.scatter_(1, self_col, False)
+        anchor_labels = labels if anchor_index is None else labels[anchor_index]
+        pos = anchor_labels[:, None] == labels[None, :]
+    if anchor_index is None:
+        pos.diagonal().fill_(False)
+    else:
+        pos.scatter_(1, anchor_index[:, None], False)
     if valid is not None:
-        pos &= valid[None, :] & valid[anchor_index][:, None]
+        assert anchor_valid is not None
+        pos &= valid[None, :] & anchor_valid[:, None]
     num_pos = pos.sum(dim=1)
     count = num_pos.clamp(min=1).to(logits.dtype)
     if variant == "out":

@@ -419,10 +419,12 @@ def _contrast(
         offset = rank * batch
         # Rows are view-major, as torch.cat([view_0, view_1, ...]): row = v * B + b.
         keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
-        sample = torch.arange(batch, device=device)
-        anchor_index = (
-            torch.arange(num_views, device=device)[:, None] * global_batch + offset + sample
-        ).reshape(-1)
+        anchor_index = None  # without gather every row is an anchor, in order
+        if gather:
+            sample = torch.arange(batch, device=device)
+            anchor_index = (
+                torch.arange(num_views, device=device)[:, None] * global_batch + offset + sample
+            ).reshape(-1)
         if mask is not None:
             positives = Positives(matrix=mask.repeat(num_views, num_views))
         elif labels is not None:
