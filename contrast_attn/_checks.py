@@ -152,7 +152,12 @@ class ValueChecks:
     def flag(self, failed: torch.Tensor, message: Callable[[], str]) -> None:
         """Add a 0-d bool tensor that is true on failure, and its message."""
         if self.enabled:
-            self._flags.append(failed.reshape(()))
+            self.require(~failed, message)
+
+    def require(self, ok: torch.Tensor, message: Callable[[], str]) -> None:
+        """Add a 0-d bool tensor that is true when the check passes, and its message."""
+        if self.enabled:
+            self._flags.append(ok.reshape(()))
             self._messages.append(message)
 
     def values(self, value: torch.Tensor, name: str, *, unit_interval: bool = False) -> None:
@@ -163,12 +168,12 @@ class ValueChecks:
         if not floating and not unit_interval:
             return
         low, high = torch.aminmax(value.detach())
-        failed = torch.zeros((), dtype=torch.bool, device=value.device)
-        if floating:
-            # NaN propagates to both ends, +-Inf shows at one end.
-            failed = ~(torch.isfinite(low) & torch.isfinite(high))
+        # high - low is finite exactly when both ends are (NaN reaches both, Inf one).
+        ok = torch.isfinite(high - low) if floating else None
         if unit_interval:
-            failed = failed | (low < 0) | (high > 1)
+            inside = (low >= 0) & (high <= 1)
+            ok = inside if ok is None else ok & inside
+        assert ok is not None
 
         def message() -> str:
             if floating and not bool(torch.isfinite(value).all()):
@@ -181,7 +186,7 @@ class ValueChecks:
                 )
             return f"{name} must hold values in [0, 1], got values in [{float(low)}, {float(high)}]"
 
-        self.flag(failed, message)
+        self.require(ok, message)
 
     def binary(self, value: torch.Tensor, name: str) -> None:
         """Values only 0 or 1 (bool tensors pass without a scan)."""
@@ -213,15 +218,15 @@ class ValueChecks:
                 f"out-of-range value(s) {torch.unique(value[bad])[:5].tolist()}"
             )
 
-        self.flag((low < 0) | (high >= num_classes), message)
+        self.require((low >= 0) & (high < num_classes), message)
 
     def positive(self, value: torch.Tensor, name: str) -> None:
         """A tensor of finite values > 0 (e.g. a learnable temperature)."""
         if not self.enabled:
             return
         detached = value.detach()
-        self.flag(
-            ~((detached > 0) & torch.isfinite(detached)).all(),
+        self.require(
+            ((detached > 0) & torch.isfinite(detached)).all(),
             lambda: f"{name} must be finite and > 0, got {detached.flatten()[:5].tolist()}",
         )
 
@@ -229,13 +234,17 @@ class ValueChecks:
         """Raise the first failed check's ValueError; one host synchronisation per device."""
         if not self._flags:
             return
+        if len(self._flags) == 1:
+            if not bool(self._flags[0]):
+                raise ValueError(self._messages[0]())
+            return
         by_device: dict[torch.device, list[int]] = {}
-        for i, failed in enumerate(self._flags):
-            by_device.setdefault(failed.device, []).append(i)
+        for i, ok in enumerate(self._flags):
+            by_device.setdefault(ok.device, []).append(i)
         for positions in by_device.values():
             stacked = torch.stack([self._flags[i] for i in positions])
-            if bool(stacked.any()):
-                first = positions[int(stacked.long().argmax())]
+            if not bool(stacked.all()):
+                first = positions[int((~stacked).long().argmax())]
                 raise ValueError(self._messages[first]())
 
 

@@ -87,10 +87,12 @@ Temperature = float | torch.Tensor
 class Positives:
     """The positive relation between anchor rows and key rows.
 
-    Exactly one of the two forms is set: integer labels of the key rows ``[N]``
+    Exactly one of three forms is set: integer labels of the key rows ``[N]``
     (anchor ``i`` has the label of its key, ``key_labels[anchor_index[i]]``, and a
-    pair is positive when the labels are equal), or an explicit ``[n, N]`` bool
-    matrix. The pair of a row with itself is never positive. ``key_valid``
+    pair is positive when the labels are equal); an explicit ``[n, N]`` bool
+    matrix; or ``views = V``: the keys are V view-major copies of N / V samples
+    (key ``j`` is sample ``j mod N / V``) and the positives are the other views
+    of the same sample (NT-Xent). The pair of a row with itself is never positive. ``key_valid``
     (``[N]`` bool, optional) marks the keys that take part: the others are
     neither positives nor in any denominator, and an anchor whose own key is
     not valid gets loss 0 (fixed shapes instead of selecting rows).
@@ -99,6 +101,14 @@ class Positives:
     key_labels: torch.Tensor | None = None
     matrix: torch.Tensor | None = None
     key_valid: torch.Tensor | None = None
+    views: int | None = None
+
+    def as_labels(self, num_keys: int, device: torch.device) -> Positives:
+        """The same relation with ``views`` written as sample labels (other forms unchanged)."""
+        if self.views is None:
+            return self
+        sample = torch.arange(num_keys // self.views, device=device).repeat(self.views)
+        return Positives(key_labels=sample, key_valid=self.key_valid)
 
 
 class RowLosses(NamedTuple):
@@ -169,8 +179,11 @@ def contrastive_rows(
     n = big_n if anchor_index is None else anchor_index.shape[0]
     if chunk_size is None and (n * big_n <= DENSE_MAX_PAIRS or positives.matrix is not None):
         # Small problems, or an explicit mask (already n*N): the dense path is as lean.
+        if positives.views is None or variant != "out" or positives.key_valid is not None:
+            positives = positives.as_labels(big_n, keys.device)
         loss, num_pos = _dense_rows(keys, anchor_index, positives, temperature, variant)
         return RowLosses(loss.sum() if summed else loss, num_pos)
+    positives = positives.as_labels(big_n, keys.device)
     tile = chunk_size if chunk_size is not None else default_chunk_size(big_n)
     if anchor_index is None:
         anchor_index = torch.arange(big_n, device=keys.device)
@@ -198,26 +211,46 @@ def _dense_rows(
     temperature: Temperature,
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # Scale the [n, D] anchors, not the [n, N] logits; mask the self pair in place
-    # (the matmul's backward does not need its output).
+    # Scale the [n, D] anchors, not the [n, N] logits. The self pair (and invalid keys)
+    # are masked by the matmul's own bias term: no in-place write whose backward would
+    # copy the [n, N] gradient.
     anchors = keys if anchor_index is None else keys.index_select(0, anchor_index)
-    logits = (anchors / temperature) @ keys.T
-    if anchor_index is None:
-        logits.diagonal().fill_(float("-inf"))
-    else:
-        logits.scatter_(1, anchor_index[:, None], float("-inf"))
     valid = positives.key_valid
     anchor_valid = None
-    if valid is not None:
+    if valid is None:
+        bias = keys.new_zeros(anchors.shape[0], keys.shape[0])
+    else:
         # A finite filler: a row whose keys are all invalid keeps a finite gradient.
-        logits = logits.masked_fill(~valid[None, :], torch.finfo(logits.dtype).min)
+        bias = keys.new_zeros(anchors.shape[0], keys.shape[0])
+        bias.masked_fill_(~valid[None, :], torch.finfo(keys.dtype).min)
         anchor_valid = valid if anchor_index is None else valid[anchor_index]
+    if anchor_index is None:
+        bias.diagonal().fill_(float("-inf"))
+    else:
+        bias.scatter_(1, anchor_index[:, None], float("-inf"))
+    logits = torch.addmm(bias, anchors / temperature, keys.T)
+    own_row = torch.arange(anchors.shape[0], device=keys.device)
+    row = own_row if anchor_index is None else anchor_index
+    if positives.views is not None:
+        # Views of one sample (variant "out", all keys valid). With t_i = the next view of
+        # anchor i's sample, l_i = lse_i - mean_p s_ip = CE(logits_i, t_i) + s_it - mean_p s_ip:
+        # for two views the last two terms cancel and l_i is the cross-entropy itself.
+        views = positives.views
+        samples = keys.shape[0] // views
+        target = row.add(samples).remainder(keys.shape[0])
+        loss = F.cross_entropy(logits, target, reduction="none")
+        if views > 2:
+            per_sample = keys.view(views, samples, keys.shape[1]).sum(dim=0)
+            pos_mean = (per_sample.index_select(0, row.remainder(samples)) - anchors) / (views - 1)
+            correction = anchors * (keys.index_select(0, target) - pos_mean)
+            loss = loss + correction.sum(dim=1) / temperature
+        return loss, torch.full_like(row, views - 1)
+    if valid is not None:
         lse = logits.logsumexp(dim=1)
     else:
-        # lse_i = CE(logits_i, t_i) + logit_{i t_i} for any other key t_i: the fused
-        # log-softmax of cross_entropy, with the logit taken from the [n, D] rows.
-        own_row = torch.arange(logits.shape[0], device=keys.device)
-        other = (own_row if anchor_index is None else anchor_index).add(1).remainder(keys.shape[0])
+        # lse_i = CE(logits_i, t_i) + s_it for any other key t_i: the fused log-softmax of
+        # cross_entropy, with the logit s_it taken from the [n, D] rows.
+        other = row.add(1).remainder(keys.shape[0])
         lse = (
             F.cross_entropy(logits, other, reduction="none")
             + (anchors * keys.index_select(0, other)).sum(dim=1) / temperature
@@ -236,8 +269,8 @@ def _dense_rows(
         if anchor_valid is not None:
             num_pos = torch.where(anchor_valid, num_pos, 0)
         pos_key_sum = class_sum[anchor_class] - anchors * own[:, None]
-        count = num_pos.clamp(min=1).to(keys.dtype)
-        pos_logit = (anchors * pos_key_sum).sum(dim=1) / (count * temperature)
+        pos_count = num_pos.clamp(min=1).to(keys.dtype)
+        pos_logit = (anchors * pos_key_sum).sum(dim=1) / (pos_count * temperature)
         return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
     if positives.matrix is not None:
         pos = positives.matrix.clone()
@@ -258,8 +291,8 @@ def _dense_rows(
         pos_logit = torch.where(pos, logits, 0.0).sum(dim=1) / count
     else:
         # Rows without a positive get a finite filler so that no NaN gradient appears.
-        filler = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(logits.dtype)
-        pos_logit = torch.where(pos, logits, filler).logsumexp(dim=1) - count.log()
+        no_pos = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(logits.dtype)
+        pos_logit = torch.where(pos, logits, no_pos).logsumexp(dim=1) - count.log()
     return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
 
 

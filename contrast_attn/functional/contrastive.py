@@ -191,15 +191,17 @@ def nt_xent_loss(
 
 def nt_xent(config: NTXentConfig, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`nt_xent_loss` with validated hyper-parameters (what the module calls)."""
-    views = _nt_xent_views(z1, z2)
-    _check_batch(views.shape[0], config.gather)
+    rows, num_views = _nt_xent_rows(z1, z2)
+    batch = rows.shape[0] // num_views
+    _check_batch(batch, config.gather)
     checks = _checks.ValueChecks()
-    checks.values(views, "z1" if z2 is None else "z1/z2")
+    checks.values(rows, "z1" if z2 is None else "z1/z2")
     if isinstance(config.temperature, torch.Tensor):
         checks.positive(config.temperature, "temperature")
     checks.run()
     return _contrast(
-        views,
+        rows,
+        num_views,
         None,
         None,
         temperature=config.temperature,
@@ -212,7 +214,8 @@ def nt_xent(config: NTXentConfig, z1: torch.Tensor, z2: torch.Tensor | None = No
     ).loss
 
 
-def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
+def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Checked views as view-major rows ``[V * B, D]`` (row ``v * B + b``), and ``V``."""
     _checks.check_floating_tensor(z1, "z1")
     if z2 is None:
         _checks.check_ndim(z1, "z1", (3,), "[B, V, D] (all views) when z2 is None")
@@ -221,7 +224,7 @@ def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
                 f"z1 must hold V >= 2 views along dim 1 ([B, V, D]), got V = {z1.shape[1]} "
                 f"(shape {tuple(z1.shape)})"
             )
-        return z1
+        return _view_major(z1), z1.shape[1]
     _checks.check_floating_tensor(z2, "z2")
     _checks.check_ndim(z1, "z1", (2,), "[B, D] when z2 is given")
     if z1.shape != z2.shape:
@@ -231,7 +234,12 @@ def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
         )
     if z1.dtype != z2.dtype:
         raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
-    return torch.stack([z1, z2], dim=1)
+    return torch.cat([z1, z2]), 2
+
+
+def _view_major(views: torch.Tensor) -> torch.Tensor:
+    """``[B, V, D]`` → ``[V * B, D]``, row ``v * B + b`` (as ``torch.cat`` of the views)."""
+    return views.transpose(0, 1).reshape(-1, views.shape[-1])
 
 
 def supcon_loss(
@@ -331,16 +339,18 @@ def supcon(
     views, labels, mask = _supcon_views(features, labels, mask)
     if config.gather and mask is not None:
         raise ValueError("gather=True is not available with an explicit mask; pass labels instead")
-    _check_batch(views.shape[0], config.gather)
+    batch, num_views = views.shape[0], views.shape[1]
+    _check_batch(batch, config.gather)
     checks = _checks.ValueChecks()
     if mask is not None:
-        mask = _checks.check_bool_mask(mask, "mask", (views.shape[0],) * 2, "[B, B]", checks)
+        mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]", checks)
         mask = mask.to(views.device)
-    checks.values(views, "features")
+    checks.values(features, "features")
     if isinstance(config.temperature, torch.Tensor):
         checks.positive(config.temperature, "temperature")
     result = _contrast(
-        views,
+        _view_major(views),
+        num_views,
         labels,
         mask,
         temperature=config.temperature,
@@ -353,7 +363,7 @@ def supcon(
     )
     if config.no_positive == "error" and not torch.compiler.is_compiling():
         missing = result.num_anchors_without_positive
-        num_rows = views.shape[0] * views.shape[1]
+        num_rows = batch * num_views
         if not checks.enabled:
             checks = _checks.ValueChecks()
             checks.enabled = True
@@ -396,7 +406,8 @@ def _supcon_views(
 
 
 def _contrast(
-    views: torch.Tensor,
+    rows: torch.Tensor,
+    num_views: int,
     labels: torch.Tensor | None,
     mask: torch.Tensor | None,
     *,
@@ -408,22 +419,24 @@ def _contrast(
     gather: bool,
     chunk_size: int | None,
 ) -> SupConResult:
-    """Validated ``[B, V, D]`` views → (loss, number of anchors without a positive)."""
-    batch, num_views, _ = views.shape
-    rank, world = rank_and_world_size() if gather else (0, 1)
-    device = views.device
+    """Validated view-major rows ``[V * B, D]`` → (loss, number of anchors without a positive)."""
+    batch = rows.shape[0] // num_views
+    device = rows.device
+    anchor_index = None  # without gather every row is an anchor, in order
     with torch.autocast(device_type=device.type, enabled=False):
-        z = F.normalize(views.to(compute_dtype(views)), dim=-1)
-        z_all = gather_with_grad(z) if gather else z
-        global_batch = z_all.shape[0]
-        offset = rank * batch
-        # Rows are view-major, as torch.cat([view_0, view_1, ...]): row = v * B + b.
-        keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
-        anchor_index = None  # without gather every row is an anchor, in order
+        keys = F.normalize(rows.to(compute_dtype(rows)), dim=1)
+        global_batch = batch
         if gather:
+            rank, world = rank_and_world_size()
+            # Gather [B, V, D] blocks, so that the global rows stay view-major.
+            z_all = gather_with_grad(keys.view(num_views, batch, -1).transpose(0, 1))
+            global_batch = z_all.shape[0]
+            keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
             sample = torch.arange(batch, device=device)
             anchor_index = (
-                torch.arange(num_views, device=device)[:, None] * global_batch + offset + sample
+                torch.arange(num_views, device=device)[:, None] * global_batch
+                + rank * batch
+                + sample
             ).reshape(-1)
         if mask is not None:
             positives = Positives(matrix=mask.repeat(num_views, num_views))
@@ -431,8 +444,7 @@ def _contrast(
             all_labels = gather_no_grad(labels) if gather else labels
             positives = Positives(key_labels=all_labels.repeat(num_views))
         else:
-            sample_id = torch.arange(global_batch, device=device)
-            positives = Positives(key_labels=sample_id.repeat(num_views))
+            positives = Positives(views=num_views)
         summed = reduction != "none"
         loss, num_pos = contrastive_rows(
             keys,
@@ -458,6 +470,7 @@ def _contrast(
         counted = torch.full((), num_pos.shape[0], device=device)
     if gather:
         # Global count / world size: the mean over ranks of the rank losses is the global mean.
+        world = rank_and_world_size()[1]
         return SupConResult(reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without)
     return SupConResult(reduce_loss(loss, "mean", counted), num_without)
 
