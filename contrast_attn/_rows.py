@@ -212,23 +212,22 @@ def _dense_rows(
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # Scale the [n, D] anchors, not the [n, N] logits. The self pair (and invalid keys)
-    # are masked by the matmul's own bias term: no in-place write whose backward would
-    # copy the [n, N] gradient.
+    # are masked in place outside autograd: the matmul's backward does not need its
+    # output, and the gradient at a masked logit is 0 either way (its probability is 0),
+    # so no [n, N] copy of the gradient is made.
     anchors = keys if anchor_index is None else keys.index_select(0, anchor_index)
+    logits = (anchors / temperature) @ keys.T
     valid = positives.key_valid
     anchor_valid = None
-    if valid is None:
-        bias = keys.new_zeros(anchors.shape[0], keys.shape[0])
-    else:
-        # A finite filler: a row whose keys are all invalid keeps a finite gradient.
-        bias = keys.new_zeros(anchors.shape[0], keys.shape[0])
-        bias.masked_fill_(~valid[None, :], torch.finfo(keys.dtype).min)
-        anchor_valid = valid if anchor_index is None else valid[anchor_index]
-    if anchor_index is None:
-        bias.diagonal().fill_(float("-inf"))
-    else:
-        bias.scatter_(1, anchor_index[:, None], float("-inf"))
-    logits = torch.addmm(bias, anchors / temperature, keys.T)
+    with torch.no_grad():
+        if valid is not None:
+            # A finite filler: a row whose keys are all invalid keeps a finite gradient.
+            logits.masked_fill_(~valid[None, :], torch.finfo(logits.dtype).min)
+            anchor_valid = valid if anchor_index is None else valid[anchor_index]
+        if anchor_index is None:
+            logits.diagonal().fill_(float("-inf"))
+        else:
+            logits.scatter_(1, anchor_index[:, None], float("-inf"))
     own_row = torch.arange(anchors.shape[0], device=keys.device)
     row = own_row if anchor_index is None else anchor_index
     if positives.views is not None:
