@@ -424,6 +424,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument(
+        "--methods", nargs="+", default=None, help="only these methods (and the floor)"
+    )
+    parser.add_argument(
         "--small", action="store_true", help="512/1024-row ratios against plain autograd"
     )
     parser.add_argument("--rounds", type=int, default=41, help="--small: interleaved rounds")
@@ -459,6 +462,8 @@ def main() -> None:
             results: dict[tuple[str, int], dict[str, Any]] = {}
             for rows in args.rows:
                 for method in ["floor", *methods]:
+                    if args.methods and method != "floor" and method not in args.methods:
+                        continue
                     if rows > PEER_MAX_ROWS and not method.startswith(("ours", "floor")):
                         continue
                     if method == "ours, no finite check" and rows > 4096:
