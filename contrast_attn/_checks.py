@@ -196,7 +196,7 @@ class ValueChecks:
         self.flag(
             other.any(),
             lambda: (
-                f"{name} must hold only 0/1 (or be a bool tensor), got "
+                f"{name} must hold only 0/1 (or be a bool tensor), got other values: "
                 f"{torch.unique(value[other])[:5].tolist()}"
             ),
         )

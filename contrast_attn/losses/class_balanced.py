@@ -39,7 +39,15 @@ def _count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> 
                 f"multi-hot labels must have shape [N, C] = [N, {num_classes}], got shape "
                 f"{tuple(labels.shape)}"
             )
-        checks.binary(labels, "multi-hot labels")
+        if checks.enabled and labels.dtype != torch.bool:
+            other = (labels != 0) & (labels != 1)
+            checks.flag(
+                other.any(),
+                lambda: (
+                    f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
+                    f"{torch.unique(labels[other])[:5].tolist()}"
+                ),
+            )
         checks.run()
         return labels.to(torch.long).sum(dim=0)
     if labels.ndim != 1:
