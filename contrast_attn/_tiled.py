@@ -1,4 +1,4 @@
-"""The tiled contrastive kernel, now part of :mod:`contrast_attn._rows` (names kept here)."""
+"""The tiling constants of the contrastive row core (defined in :mod:`contrast_attn._rows`)."""
 
 from ._rows import TILE_BYTES, default_chunk_size
 
