@@ -17,10 +17,23 @@ and the floor of two matmuls on the same embeddings (``S = Z Zᵀ`` then
 ``S Z``, the least any exact method must do; computed in row blocks where
 ``S`` would not fit, with the same flop count).
 
+``--small`` measures what matters at the batch sizes most users run (512 and
+1024 rows): the ratio of our time to a plain few-line autograd implementation,
+with the value checks on. Both run in one process, one thread, interleaved
+(ours, plain, ours, plain, ...) for ``--rounds`` rounds of ``--calls`` steps;
+each round gives one ratio, and the table reports the median ratio and its
+interquartile range. On CPU the clock is the process's CPU time
+(``time.process_time``), which other processes on a busy machine do not
+inflate; on CUDA it is wall time with a synchronisation after each step. The
+host synchronisations of one step (``item``/``nonzero``/``unique``/``bincount``
+and kin, counted by a dispatch mode) are reported alongside.
+
 Usage::
 
     python benchmarks/bench_contrastive.py                      # the README table
     python benchmarks/bench_contrastive.py --rows 512 4096 --repeats 3
+    python benchmarks/bench_contrastive.py --small              # 512/1024 rows vs plain autograd
+    python benchmarks/bench_contrastive.py --small --device cuda
     python benchmarks/bench_contrastive.py --device cuda        # when present
 """
 
@@ -227,6 +240,99 @@ def run_case(
     }
 
 
+# ------------------------------------------------------- small batches (one process)
+
+SYNC_OP_NAMES = (
+    "_local_scalar_dense",
+    "nonzero",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "bincount",
+    "masked_select",
+)
+
+
+def count_syncs(step: Callable[[], None]) -> int:
+    """Host synchronisations of one call of ``step`` (aten ops that read device values)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            if func.overloadpacket.__name__ in SYNC_OP_NAMES:
+                Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    original = torch.Tensor.tolist
+
+    def tolist(self: Any) -> Any:
+        Counter.count += 1
+        return original(self)
+
+    torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+    try:
+        with Counter():
+            step()
+    finally:
+        torch.Tensor.tolist = original  # type: ignore[method-assign]
+    return Counter.count
+
+
+def small_batch_ratios(
+    rows_list: list[int], device_name: str, rounds: int, calls: int, losses: list[str]
+) -> str:
+    """Ours (checks on) against plain autograd, interleaved in one process; a markdown table."""
+    import torch
+
+    device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+        clock = time.process_time
+    else:
+        clock = time.perf_counter
+    lines = [
+        f"**Small batches, {device_name}** (ours with value checks on ÷ plain autograd; "
+        f"{rounds} interleaved rounds of {calls} steps; "
+        f"{'CPU process time, 1 thread' if device.type == 'cpu' else 'wall time'})",
+        "",
+        "| loss | rows 2N | ours | plain autograd | ratio (median) | ratio IQR "
+        "| syncs/step ours | syncs/step plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for loss in losses:
+        for rows in rows_list:
+            ours, _ = _make_step(loss, "ours", rows, device)
+            plain, _ = _make_step(loss, "plain autograd", rows, device)
+            for step in (ours, plain, ours, plain):
+                step()  # warm-up
+            syncs = (count_syncs(ours), count_syncs(plain))
+            times: dict[str, list[float]] = {"ours": [], "plain": []}
+            ratios = []
+            for _ in range(rounds):
+                for name, step in (("ours", ours), ("plain", plain)):
+                    start = clock()
+                    for _ in range(calls):
+                        step()
+                    times[name].append((clock() - start) / calls)
+                ratios.append(times["ours"][-1] / times["plain"][-1])
+            quartiles = statistics.quantiles(ratios, n=4)
+            name = "NT-Xent" if loss == "ntxent" else "SupCon"
+            lines.append(
+                f"| {name} | {rows} | {statistics.median(times['ours']) * 1e3:.2f} ms "
+                f"| {statistics.median(times['plain']) * 1e3:.2f} ms "
+                f"| {statistics.median(ratios):.3f}× | {quartiles[0]:.3f}–{quartiles[2]:.3f} "
+                f"| {syncs[0]} | {syncs[1]} |"
+            )
+            print(f"  {lines[-1]}", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the driver (parent)
 
 
@@ -317,6 +423,14 @@ def main() -> None:
     parser.add_argument("--mem-cap-gb", type=float, default=8.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="only these methods (and the floor)"
+    )
+    parser.add_argument(
+        "--small", action="store_true", help="512/1024-row ratios against plain autograd"
+    )
+    parser.add_argument("--rounds", type=int, default=41, help="--small: interleaved rounds")
+    parser.add_argument("--calls", type=int, default=10, help="--small: steps per round")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -328,6 +442,12 @@ def main() -> None:
     import torch
 
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.small:
+        rows_list = args.rows if args.rows != parser.get_default("rows") else [512, 1024]
+        for device in devices:
+            print(small_batch_ratios(rows_list, device, args.rounds, args.calls, args.loss))
+            print()
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average before: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
@@ -342,6 +462,8 @@ def main() -> None:
             results: dict[tuple[str, int], dict[str, Any]] = {}
             for rows in args.rows:
                 for method in ["floor", *methods]:
+                    if args.methods and method != "floor" and method not in args.methods:
+                        continue
                     if rows > PEER_MAX_ROWS and not method.startswith(("ours", "floor")):
                         continue
                     if method == "ours, no finite check" and rows > 4096:

@@ -6,21 +6,25 @@ argument, says what was expected, and shows what was given. Public functions
 call these first, so users never see a bare ``RuntimeError`` from deep inside
 torch.
 
-The NaN/Inf scan of floating inputs costs one reduction per tensor and a
-host synchronisation; it can be switched off globally with
-:func:`set_finite_checks` for speed, and it is skipped while
-``torch.compile`` traces (a data-dependent branch would break the graph).
+Shape, dtype and hyper-parameter checks are free (no tensor is read). Checks
+of tensor *values* (NaN/Inf, a range such as [0, 1], 0/1 masks, class indices
+within ``[0, C)``) are collected by a :class:`ValueChecks` batch: one reduction
+per tensor, and a single host synchronisation per call for all of them
+together. They are switched off globally with :func:`set_finite_checks` (then
+no call synchronises) and skipped while ``torch.compile`` traces (a
+data-dependent branch would break the graph).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
 
 __all__ = [
+    "ValueChecks",
     "check_bool",
     "check_bool_mask",
     "check_choice",
@@ -34,7 +38,9 @@ __all__ = [
     "check_reduction",
     "check_same_batch",
     "check_spatial_mask",
+    "check_temperature",
     "check_tensor",
+    "describe",
     "finite_checks_enabled",
     "set_finite_checks",
 ]
@@ -45,11 +51,13 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def set_finite_checks(enabled: bool) -> None:
-    """Switch the NaN/Inf scan of floating-point inputs on or off globally.
+    """Switch the checks of tensor values (NaN/Inf, ranges, 0/1 masks, class indices) on or off.
 
-    The scan is on by default. It costs one reduction over each input and a
-    device-to-host synchronisation; switch it off in a tuned training loop once
-    the pipeline is known to be sound.
+    The checks are on by default. They cost one reduction over each checked
+    input and one device-to-host synchronisation per call; switch them off in a
+    tuned training loop once the pipeline is known to be sound (then no public
+    function or layer synchronises, except ``no_positive="error"``, which asks
+    for a value check explicitly).
 
     Args:
         enabled: ``True`` to scan inputs (the default), ``False`` to skip.
@@ -66,7 +74,7 @@ def set_finite_checks(enabled: bool) -> None:
 
 
 def finite_checks_enabled() -> bool:
-    """Whether public functions scan floating-point inputs for NaN/Inf.
+    """Whether public functions check tensor values (NaN/Inf, ranges, indices).
 
     Returns:
         The current global setting (see :func:`set_finite_checks`).
@@ -74,7 +82,8 @@ def finite_checks_enabled() -> bool:
     return _FINITE_CHECKS
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A short description of a value for error messages (shape and dtype of a tensor)."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"{value!r} ({type(value).__name__})"
@@ -112,22 +121,131 @@ def check_ndim(value: torch.Tensor, name: str, ndims: Collection[int], layout: s
 
 
 def check_finite(value: torch.Tensor, name: str) -> None:
-    """Raise ValueError if a floating tensor holds NaN or Inf (when enabled)."""
-    if not _FINITE_CHECKS or not value.is_floating_point() or value.numel() == 0:
-        return
-    if torch.compiler.is_compiling():
-        return
-    # One fused pass (NaN propagates to both ends, ±Inf shows at one end): about ten
-    # times cheaper than isfinite().all(), which matters for small batches.
-    if not bool(torch.isfinite(torch.stack(torch.aminmax(value))).all()):
-        finite = torch.isfinite(value)
-        n_nan = int(torch.isnan(value).sum())
-        n_inf = int((~finite).sum()) - n_nan
-        raise ValueError(
-            f"{name} must be finite, got {n_nan} NaN and {n_inf} Inf value(s) in "
-            f"{_describe(value)} (disable this scan with "
-            f"contrast_attn.set_finite_checks(False))"
+    """Raise ValueError if a floating tensor holds NaN or Inf (when enabled); one sync."""
+    checks = ValueChecks()
+    checks.values(value, name)
+    checks.run()
+
+
+class ValueChecks:
+    """The value checks of one call, fused into one host synchronisation.
+
+    Each method adds a check of one tensor (one reduction, no synchronisation);
+    :meth:`run` reads all the flags at once and raises the :class:`ValueError`
+    of the first failed check (computing its detailed message only then). A
+    tensor is checked once per call: pass every property it must have in one
+    method call. Nothing is recorded when checks are switched off
+    (:func:`set_finite_checks`) or while ``torch.compile`` traces.
+
+    Examples:
+        >>> import torch
+        >>> checks = ValueChecks()
+        >>> checks.values(torch.tensor([0.0, 0.5]), "mask", unit_interval=True)
+        >>> checks.run()                      # one synchronisation for every check
+    """
+
+    def __init__(self) -> None:
+        self.enabled = _FINITE_CHECKS and not torch.compiler.is_compiling()
+        self._flags: list[torch.Tensor] = []
+        self._messages: list[Callable[[], str]] = []
+
+    def flag(self, failed: torch.Tensor, message: Callable[[], str]) -> None:
+        """Add a 0-d bool tensor that is true on failure, and its message."""
+        if self.enabled:
+            self.require(~failed, message)
+
+    def require(self, ok: torch.Tensor, message: Callable[[], str]) -> None:
+        """Add a 0-d bool tensor that is true when the check passes, and its message."""
+        if self.enabled:
+            self._flags.append(ok.reshape(()))
+            self._messages.append(message)
+
+    def values(self, value: torch.Tensor, name: str, *, unit_interval: bool = False) -> None:
+        """Floating values finite (and in [0, 1] with ``unit_interval``), from one ``aminmax``."""
+        if not self.enabled or value.numel() == 0 or value.dtype == torch.bool:
+            return
+        floating = value.is_floating_point()
+        if not floating and not unit_interval:
+            return
+        low, high = torch.aminmax(value.detach())
+        # high - low is finite exactly when both ends are (NaN reaches both, Inf one).
+        ok = torch.isfinite(high - low) if floating else None
+        if unit_interval:
+            inside = (low >= 0) & (high <= 1)
+            ok = inside if ok is None else ok & inside
+        assert ok is not None
+
+        def message() -> str:
+            if floating and not bool(torch.isfinite(value).all()):
+                n_nan = int(torch.isnan(value).sum())
+                n_inf = int((~torch.isfinite(value)).sum()) - n_nan
+                return (
+                    f"{name} must be finite, got {n_nan} NaN and {n_inf} Inf value(s) in "
+                    f"{describe(value)} (disable this scan with "
+                    f"contrast_attn.set_finite_checks(False))"
+                )
+            return f"{name} must hold values in [0, 1], got values in [{float(low)}, {float(high)}]"
+
+        self.require(ok, message)
+
+    def binary(self, value: torch.Tensor, name: str) -> None:
+        """Values only 0 or 1 (bool tensors pass without a scan)."""
+        if not self.enabled or value.dtype == torch.bool or value.numel() == 0:
+            return
+        other = (value != 0) & (value != 1)
+        self.flag(
+            other.any(),
+            lambda: (
+                f"{name} must hold only 0/1 (or be a bool tensor), got other values: "
+                f"{torch.unique(value[other])[:5].tolist()}"
+            ),
         )
+
+    def indices(
+        self, value: torch.Tensor, name: str, num_classes: int, *, ignore_index: int | None = None
+    ) -> None:
+        """Integer class indices in ``[0, num_classes)``, entries equal to ``ignore_index`` aside."""
+        if not self.enabled or value.numel() == 0:
+            return
+        kept = value if ignore_index is None else torch.where(value == ignore_index, 0, value)
+        low, high = torch.aminmax(kept)
+        ignore = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+
+        def message() -> str:
+            bad = (kept < 0) | (kept >= num_classes)
+            return (
+                f"{name} must hold class indices in [0, {num_classes}){ignore}, got "
+                f"out-of-range value(s) {torch.unique(value[bad])[:5].tolist()}"
+            )
+
+        self.require((low >= 0) & (high < num_classes), message)
+
+    def positive(self, value: torch.Tensor, name: str) -> None:
+        """A tensor of finite values > 0 (e.g. a learnable temperature)."""
+        if not self.enabled:
+            return
+        detached = value.detach()
+        self.require(
+            ((detached > 0) & torch.isfinite(detached)).all(),
+            lambda: f"{name} must be finite and > 0, got {detached.flatten()[:5].tolist()}",
+        )
+
+    def run(self) -> None:
+        """Raise the first failed check's ValueError; one host synchronisation per device."""
+        if not self._flags:
+            return
+        if len(self._flags) == 1:
+            if not bool(self._flags[0]):
+                raise ValueError(self._messages[0]())
+            return
+        by_device: dict[torch.device, list[int]] = {}
+        for i, ok in enumerate(self._flags):
+            by_device.setdefault(ok.device, []).append(i)
+        for positions in by_device.values():
+            stacked = torch.stack([self._flags[i] for i in positions])
+            if not bool(stacked.all()):
+                first = positions[int((~stacked).long().argmax())]
+                raise ValueError(self._messages[first]())
 
 
 def check_float(
@@ -149,7 +267,12 @@ def check_float(
         isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
     )
     if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise TypeError(
+            f"{name} must be a plain number here; a tensor that requires grad would be "
+            f"detached, got {describe(value)}"
+        )
     number = float(value)
     left = "[" if low_inclusive else "("
     right = "]" if high_inclusive else ")"
@@ -166,7 +289,7 @@ def check_float(
 def check_int(value: Any, name: str, *, low: int | None = None) -> int:
     """Check an integer (not a bool), optionally ``>= low``; return it."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
@@ -175,7 +298,7 @@ def check_int(value: Any, name: str, *, low: int | None = None) -> int:
 def check_bool(value: Any, name: str) -> bool:
     """Raise TypeError unless ``value`` is a ``bool`` (not an int or a tensor); return it."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
     return value
 
 
@@ -208,26 +331,28 @@ def check_labels(labels: Any, name: str, batch_size: int) -> torch.Tensor:
     return tensor
 
 
-def check_bool_mask(mask: Any, name: str, shape: tuple[int, ...], layout: str) -> torch.Tensor:
+def check_bool_mask(
+    mask: Any,
+    name: str,
+    shape: tuple[int, ...],
+    layout: str,
+    checks: ValueChecks | None = None,
+) -> torch.Tensor:
     """Check a 0/1 relation mask of an exact shape; return it as ``torch.bool``.
 
-    Accepts bool tensors and numeric tensors holding only 0 and 1.
+    Accepts bool tensors and numeric tensors holding only 0 and 1. The value
+    check joins ``checks`` when given (run by the caller), else runs at once.
     """
     tensor = check_tensor(mask, name)
     if tuple(tensor.shape) != shape:
         raise ValueError(
             f"{name} must have shape {layout} = {list(shape)}, got shape {tuple(tensor.shape)}"
         )
-    if tensor.dtype == torch.bool:
-        return tensor
-    if not torch.compiler.is_compiling():
-        other = (tensor != 0) & (tensor != 1)
-        if bool(other.any()):
-            raise ValueError(
-                f"{name} must hold only 0/1 (or be a bool tensor), got other values: "
-                f"{torch.unique(tensor[other])[:5].tolist()}"
-            )
-    return tensor != 0
+    check_values = ValueChecks() if checks is None else checks
+    check_values.binary(tensor, name)
+    if checks is None:
+        check_values.run()
+    return tensor if tensor.dtype == torch.bool else tensor != 0
 
 
 def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
@@ -252,11 +377,15 @@ def check_feature_map(value: Any, name: str, channels: int | None = None) -> tor
     return tensor
 
 
-def check_spatial_mask(value: Any, name: str, *, unit_interval: bool = True) -> torch.Tensor:
+def check_spatial_mask(
+    value: Any, name: str, *, unit_interval: bool = True, checks: ValueChecks | None = None
+) -> torch.Tensor:
     """Check a one-channel spatial map ``[B, 1, h, w]`` or ``[B, h, w]``; return it as 4-D.
 
     Bool, integer and floating tensors are accepted. With ``unit_interval`` (masks,
     probabilities) every value must lie in [0, 1]; floating values must be finite.
+    The value checks (one ``aminmax``) join ``checks`` when given (run by the
+    caller), else run at once.
     """
     tensor = check_tensor(value, name)
     if tensor.is_complex():
@@ -269,12 +398,25 @@ def check_spatial_mask(value: Any, name: str, *, unit_interval: bool = True) -> 
         raise ValueError(
             f"{name} must have shape [B, 1, h, w] or [B, h, w], got shape {tuple(tensor.shape)}"
         )
-    if tensor.dtype == torch.bool:
-        return tensor
-    check_finite(tensor, name)
-    if unit_interval and not torch.compiler.is_compiling() and tensor.numel() > 0:
-        extremes = torch.aminmax(tensor.detach())
-        low, high = float(extremes.min), float(extremes.max)
-        if low < 0 or high > 1:
-            raise ValueError(f"{name} must hold values in [0, 1], got values in [{low}, {high}]")
+    check_values = ValueChecks() if checks is None else checks
+    check_values.values(tensor, name, unit_interval=unit_interval)
+    if checks is None:
+        check_values.run()
     return tensor
+
+
+def check_temperature(value: Any, name: str = "temperature") -> float | torch.Tensor:
+    """A temperature > 0: a real number (returned as ``float``) or a one-element floating tensor.
+
+    A tensor (e.g. a learnable, CLIP-style temperature) is returned as a 0-d
+    tensor and keeps its gradient; its value is checked by the call's
+    :class:`ValueChecks` (:meth:`ValueChecks.positive`), not here.
+    """
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.numel() != 1:
+            raise TypeError(
+                f"{name} must be a real number or a one-element floating tensor, got "
+                f"{describe(value)}"
+            )
+        return value.reshape(())
+    return check_float(value, name, low=0.0, low_inclusive=False)

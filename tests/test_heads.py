@@ -1,4 +1,4 @@
-"""The SimCLR projection head."""
+"""The projection head: the plain form and the SimCLR (lightly) form."""
 
 from __future__ import annotations
 
@@ -52,3 +52,36 @@ def test_equals_the_explicit_mlp_and_trains() -> None:
 def test_bad_input_raises_clear_error(call, error: type[Exception], message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("num_layers", [2, 3])
+@pytest.mark.parametrize("train", [True, False])
+def test_simclr_form_equals_lightly(num_layers: int, train: bool) -> None:
+    heads = pytest.importorskip("lightly.models.modules.heads")
+    torch.manual_seed(0)
+    theirs = heads.SimCLRProjectionHead(12, 20, 6, num_layers=num_layers)
+    ours = ProjectionHead(12, 20, 6, num_layers=num_layers, output_batch_norm=True)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    with torch.no_grad():  # non-trivial batch-norm statistics and affine parameters
+        for module in theirs.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.normal_()
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    ours.load_state_dict(theirs.state_dict())  # lightly's weights load as they are
+    back = heads.SimCLRProjectionHead(12, 20, 6, num_layers=num_layers)
+    back.load_state_dict(ours.state_dict())  # and ours into lightly's
+    assert ours.layers[-2].bias is None and isinstance(ours.layers[-1], nn.BatchNorm1d)
+    x = torch.randn(9, 12)
+    ours.train(train)
+    theirs.train(train)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_default_form_keeps_the_last_bias_and_no_output_norm() -> None:
+    head = ProjectionHead(8, out_features=4)
+    assert head.layers[-1].bias is not None
+    assert not isinstance(head.layers[-1], nn.BatchNorm1d)
+    with pytest.raises(TypeError, match=r"output_batch_norm must be a bool, got 1 \(int\)"):
+        ProjectionHead(8, output_batch_norm=1)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The tiled kernel (``contrast_attn._tiled``) against the dense path.
+"""The tiled kernel (``contrast_attn._rows``) against the dense path.
 
 The dense path is checked against float64 loops in ``test_contrastive.py``; here
 the tiled kernel must give the same losses and gradients (1e-5 relative in
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from contrast_attn import _tiled
-from contrast_attn.functional import contrastive, nt_xent_loss, supcon_loss
+from contrast_attn import _rows
+from contrast_attn.functional import nt_xent_loss, supcon_loss
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -209,9 +209,9 @@ def test_tiled_never_allocates_n_by_n(kind: str, variant: str, reduction: str) -
 
 def test_automatic_dispatch_switches_to_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = 256
-    monkeypatch.setattr(contrastive, "DENSE_MAX_PAIRS", 64 * 64)
+    monkeypatch.setattr(_rows, "DENSE_MAX_PAIRS", 64 * 64)
     # The automatic tile of 64 rows (the minimum) holds 64 * 256 * 4 bytes.
-    monkeypatch.setattr(_tiled, "TILE_BYTES", 64 * rows * 4)
+    monkeypatch.setattr(_rows, "TILE_BYTES", 64 * rows * 4)
     x = torch.randn(rows // 2, 2, 8)
     with _LargestTensor() as tracker:
         _loss_and_grad("ntxent", x, None, "mean", "out")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -22,7 +23,14 @@ import torch.nn.functional as F
 from .. import _checks
 from .._reduction import reduce_loss
 
-__all__ = ["class_balanced_loss", "class_balanced_weights", "effective_number"]
+__all__ = [
+    "ClassBalancedConfig",
+    "check_counts",
+    "class_balanced",
+    "class_balanced_loss",
+    "class_balanced_weights",
+    "effective_number",
+]
 
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
 NORMALIZATIONS = ("reference", "weight_sum")
@@ -39,11 +47,19 @@ def _preview(values: torch.Tensor, limit: int = 5) -> str:
 
 
 def check_counts(
-    counts: Counts, num_classes: int | None = None, *, source: str = "num_classes"
+    counts: Counts,
+    num_classes: int | None = None,
+    *,
+    source: str = "num_classes",
+    zero_count: str | None = None,
+    checks: _checks.ValueChecks | None = None,
 ) -> torch.Tensor:
     """Validate per-class sample counts; return them as a float64 ``[C]`` tensor.
 
-    ``source`` names where ``num_classes`` comes from, for the message.
+    ``source`` names where ``num_classes`` comes from, for the message. With
+    ``zero_count`` the treatment of empty classes is checked too (``"error"``: no
+    class may be empty; ``"zero_weight"``: not every class). The value checks
+    join ``checks`` when given (run by the caller), else run at once.
     """
     if not isinstance(counts, torch.Tensor):
         if isinstance(counts, str) or not isinstance(counts, (Sequence, np.ndarray)):
@@ -65,21 +81,50 @@ def check_counts(
             f"entries (C is given by {source})"
         )
     counts = counts.to(torch.float64)
-    if not torch.compiler.is_compiling():
-        _checks.check_finite(counts, "counts")
-        negative = (counts < 0).nonzero().flatten()
-        if negative.numel() > 0:
-            raise ValueError(
-                f"counts must be non-negative, got negative counts for class(es) "
-                f"{_preview(negative)}: {_preview(counts[negative])}"
-            )
-        fractional = (counts != counts.round()).nonzero().flatten()
-        if fractional.numel() > 0:
-            raise ValueError(
-                f"counts must be whole numbers of samples, got non-integer counts for "
-                f"class(es) {_preview(fractional)}: {_preview(counts[fractional])}"
-            )
+    value_checks = _checks.ValueChecks() if checks is None else checks
+    if value_checks.enabled:
+        # One pass: NaN/Inf, negative, fractional (and, per zero_count, empty classes).
+        bad = ~torch.isfinite(counts) | (counts < 0) | (counts != counts.round())
+        failed = bad.any()
+        zero = counts == 0
+        if zero_count == "error":
+            failed = failed | zero.any()
+        elif zero_count == "zero_weight":
+            failed = failed | zero.all()
+        value_checks.flag(failed, lambda: _counts_message(counts, zero_count))
+    if checks is None:
+        value_checks.run()
     return counts
+
+
+def _counts_message(counts: torch.Tensor, zero_count: str | None) -> str:
+    """The message of the first problem of counts that failed :func:`check_counts`."""
+    if not bool(torch.isfinite(counts).all()):
+        return f"counts must be finite, got {_preview(counts)}"
+    negative = (counts < 0).nonzero().flatten()
+    if negative.numel() > 0:
+        return (
+            f"counts must be non-negative, got negative counts for class(es) "
+            f"{_preview(negative)}: {_preview(counts[negative])}"
+        )
+    fractional = (counts != counts.round()).nonzero().flatten()
+    if fractional.numel() > 0:
+        return (
+            f"counts must be whole numbers of samples, got non-integer counts for "
+            f"class(es) {_preview(fractional)}: {_preview(counts[fractional])}"
+        )
+    missing = (counts == 0).nonzero().flatten()
+    if zero_count == "error":
+        return (
+            f"counts has no sample of class(es) {_preview(missing)}: their class-balanced "
+            f"weight (1 - beta) / (1 - beta**0) is infinite. Pass zero_count='as_one' to "
+            f"weight such a class as if it had one sample, or zero_count='zero_weight' to "
+            f"give it weight 0"
+        )
+    return (
+        "counts is zero for every class; zero_count='zero_weight' would leave no "
+        "class with a weight"
+    )
 
 
 def _check_beta(beta: float) -> float:
@@ -131,26 +176,11 @@ def effective_number(counts: Counts, beta: float) -> torch.Tensor:
 
 
 def _weights(counts: torch.Tensor, beta: float, zero_count: str) -> torch.Tensor:
-    """Class-balanced weights of validated float64 counts."""
+    """Class-balanced weights of counts validated by :func:`check_counts` with ``zero_count``."""
     num_classes = counts.shape[0]
     effective = _effective_number(counts, beta)
-    zero = counts == 0
-    if not torch.compiler.is_compiling() and bool(zero.any()):
-        missing = zero.nonzero().flatten()
-        if zero_count == "error":
-            raise ValueError(
-                f"counts has no sample of class(es) {_preview(missing)}: their class-balanced "
-                f"weight (1 - beta) / (1 - beta**0) is infinite. Pass zero_count='as_one' to "
-                f"weight such a class as if it had one sample, or zero_count='zero_weight' to "
-                f"give it weight 0"
-            )
-        if zero_count == "zero_weight" and bool(zero.all()):
-            raise ValueError(
-                "counts is zero for every class; zero_count='zero_weight' would leave no "
-                "class with a weight"
-            )
     if zero_count == "as_one":
-        effective = torch.where(zero, torch.ones_like(effective), effective)
+        effective = torch.where(counts == 0, torch.ones_like(effective), effective)
     # 1 / E_c, and 0 for a class left without samples (zero_count="zero_weight").
     raw = torch.where(effective > 0, effective, math.inf).reciprocal()
     return raw * (num_classes / raw.sum())
@@ -201,38 +231,52 @@ def class_balanced_weights(
         tensor([1., 1., 1.], dtype=torch.float64)
     """
     _checks.check_choice(zero_count, "zero_count", ZERO_COUNTS)
-    return _weights(check_counts(counts), _check_beta(beta), zero_count)
-
-
-def check_loss_args(
-    beta: float,
-    loss_type: str,
-    gamma: float,
-    reduction: str,
-    ignore_index: int,
-    label_smoothing: float,
-    normalization: str,
-    zero_count: str,
-) -> tuple[float, float, float]:
-    """Validate the hyper-parameters; return ``(beta, gamma, label_smoothing)`` as floats."""
     beta = _check_beta(beta)
-    _checks.check_choice(loss_type, "loss_type", LOSS_TYPES)
-    gamma = _checks.check_float(gamma, "gamma", low=0.0)
-    _checks.check_reduction(reduction)
-    _checks.check_int(ignore_index, "ignore_index")
-    label_smoothing = _checks.check_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    _checks.check_choice(normalization, "normalization", NORMALIZATIONS)
-    _checks.check_choice(zero_count, "zero_count", ZERO_COUNTS)
-    if label_smoothing > 0 and loss_type != "softmax":
-        raise ValueError(
-            f"label_smoothing is only defined for loss_type='softmax', got "
-            f"label_smoothing={label_smoothing} with loss_type={loss_type!r}"
-        )
-    return beta, gamma, label_smoothing
+    return _weights(check_counts(counts, zero_count=zero_count), beta, zero_count)
+
+
+@dataclass(frozen=True)
+class ClassBalancedConfig:
+    """The validated hyper-parameters of :func:`class_balanced_loss` (see there for each).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: A hyper-parameter out of range, an unknown choice, or
+            ``label_smoothing > 0`` with a loss other than ``"softmax"``.
+    """
+
+    beta: float = 0.9999
+    loss_type: str = "softmax"
+    gamma: float = 2.0
+    reduction: str = "mean"
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    normalization: str = "reference"
+    zero_count: str = "error"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "beta", _check_beta(self.beta))
+        _checks.check_choice(self.loss_type, "loss_type", LOSS_TYPES)
+        object.__setattr__(self, "gamma", _checks.check_float(self.gamma, "gamma", low=0.0))
+        _checks.check_reduction(self.reduction)
+        _checks.check_int(self.ignore_index, "ignore_index")
+        smoothing = _checks.check_float(self.label_smoothing, "label_smoothing", low=0.0, high=1.0)
+        object.__setattr__(self, "label_smoothing", smoothing)
+        _checks.check_choice(self.normalization, "normalization", NORMALIZATIONS)
+        _checks.check_choice(self.zero_count, "zero_count", ZERO_COUNTS)
+        if smoothing > 0 and self.loss_type != "softmax":
+            raise ValueError(
+                f"label_smoothing is only defined for loss_type='softmax', got "
+                f"label_smoothing={smoothing} with loss_type={self.loss_type!r}"
+            )
 
 
 def _check_target(
-    target: torch.Tensor, logits: torch.Tensor, loss_type: str, ignore_index: int
+    target: torch.Tensor,
+    logits: torch.Tensor,
+    loss_type: str,
+    ignore_index: int,
+    checks: _checks.ValueChecks,
 ) -> torch.Tensor:
     """Validate class indices ``[B]`` or (sigmoid/focal) multi-hot ``[B, C]`` targets."""
     _checks.check_tensor(target, "target")
@@ -251,23 +295,12 @@ def _check_target(
             )
         if target.is_complex():
             raise TypeError(f"multi-hot target must be real or bool, got dtype {target.dtype}")
-        _checks.check_finite(target, "target")
-        if not torch.compiler.is_compiling() and target.numel() > 0:
-            low, high = float(target.min()), float(target.max())
-            if low < 0 or high > 1:
-                raise ValueError(
-                    f"multi-hot target must hold values in [0, 1], got values in [{low}, {high}]"
-                )
+        checks.values(target, "multi-hot target", unit_interval=True)
         return target
     _checks.check_labels(target, "target", batch)
-    if not torch.compiler.is_compiling():
-        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-        if bool(bad.any()):
-            raise ValueError(
-                f"target must hold class indices in [0, {num_classes}) (C = {num_classes} from "
-                f"logits) or ignore_index={ignore_index}, got out-of-range value(s) "
-                f"{_preview(torch.unique(target[bad]))}"
-            )
+    checks.indices(
+        target, f"target (C = {num_classes} from logits)", num_classes, ignore_index=ignore_index
+    )
     return target
 
 
@@ -387,22 +420,33 @@ def class_balanced_loss(
         >>> torch.allclose(plain, F.cross_entropy(logits, target))
         True
     """
+    config = ClassBalancedConfig(
+        beta, loss_type, gamma, reduction, ignore_index, label_smoothing, normalization, zero_count
+    )
+    return class_balanced(config, logits, target, counts)
+
+
+def class_balanced(
+    config: ClassBalancedConfig, logits: torch.Tensor, target: torch.Tensor, counts: Counts
+) -> torch.Tensor:
+    """:func:`class_balanced_loss` with validated hyper-parameters (what the module calls)."""
+    beta, loss_type, gamma = config.beta, config.loss_type, config.gamma
+    reduction, ignore_index, label_smoothing = (
+        config.reduction,
+        config.ignore_index,
+        config.label_smoothing,
+    )
     _checks.check_floating_tensor(logits, "logits")
     _checks.check_ndim(logits, "logits", (2,), "[B, C]")
-    beta, gamma, label_smoothing = check_loss_args(
-        beta,
-        loss_type,
-        gamma,
-        reduction,
-        ignore_index,
-        label_smoothing,
-        normalization,
-        zero_count,
-    )
     num_classes = logits.shape[1]
-    weights = _weights(check_counts(counts, num_classes, source="logits [B, C]"), beta, zero_count)
-    target = _check_target(target, logits, loss_type, ignore_index)
-    _checks.check_finite(logits, "logits")
+    checks = _checks.ValueChecks()
+    counts = check_counts(
+        counts, num_classes, source="logits [B, C]", zero_count=config.zero_count, checks=checks
+    )
+    target = _check_target(target, logits, loss_type, ignore_index, checks)
+    checks.values(logits, "logits")
+    checks.run()
+    weights = _weights(counts, beta, config.zero_count)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=logits.device.type, enabled=False):
         x = logits.to(dtype)
@@ -418,7 +462,8 @@ def class_balanced_loss(
             index = torch.where(valid, target, 0).long()
             alpha = w[index] * valid
             positives = valid.sum()
-            y = F.one_hot(index, num_classes).to(dtype)
+            # One-hot by comparison: F.one_hot reads the index range back to the host.
+            y = (index[:, None] == torch.arange(num_classes, device=x.device)).to(dtype)
         if loss_type == "softmax":
             log_p = x.log_softmax(dim=1)
             per_sample = -(y * log_p).sum(dim=1)
@@ -427,5 +472,5 @@ def class_balanced_loss(
         else:
             per_sample = _binary_terms(x, y, loss_type, gamma).sum(dim=1)
         loss = alpha * per_sample
-    denominator = positives if normalization == "reference" else alpha.sum()
+    denominator = positives if config.normalization == "reference" else alpha.sum()
     return reduce_loss(loss, reduction, denominator)

@@ -1,219 +1,127 @@
 """NT-Xent (SimCLR) and supervised contrastive (SupCon) losses.
 
-Both losses share one core, :func:`contrastive_rows`: for each anchor row it
-computes the log-softmax of its cosine similarities to every *other* row and
-averages over the anchor's positives. NT-Xent is the special case in which the
-positives of a view are the other views of the same sample.
+Both losses share one core, :func:`~contrast_attn._rows.contrastive_rows`: for
+each anchor row it computes the log-softmax of its cosine similarities to every
+*other* row and averages over the anchor's positives. NT-Xent is the special
+case in which the positives of a view are the other views of the same sample.
+
+Each loss has one record of hyper-parameters (:class:`NTXentConfig`,
+:class:`SupConConfig`), validated once when built; the function builds it per
+call, the module once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .._tiled import contrastive_rows_tiled, default_chunk_size
+from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, compute_dtype, contrastive_rows
 from ..distributed import all_reduce_sum, gather_no_grad, gather_with_grad, rank_and_world_size
 
-__all__ = ["Positives", "contrastive_rows", "nt_xent_loss", "supcon_loss", "supcon_loss_and_count"]
+__all__ = [
+    "DENSE_MAX_PAIRS",
+    "NTXentConfig",
+    "Positives",
+    "SupConConfig",
+    "SupConResult",
+    "check_contrastive_common",
+    "contrastive_rows",
+    "nt_xent",
+    "nt_xent_loss",
+    "supcon",
+    "supcon_loss",
+]
 
 VARIANTS = ("out", "in")
 NO_POSITIVE = ("ignore", "zero", "error")
 
-# Above this many anchor-key pairs the tiled kernel is used automatically
-# (the dense path would hold several [n, N] float32 matrices at once).
-DENSE_MAX_PAIRS = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Positives:
-    """The positive relation between anchor rows and key rows.
-
-    Exactly one of the two forms is set: integer labels of the key rows ``[N]``
-    (anchor ``i`` has the label of its key, ``key_labels[anchor_index[i]]``, and a
-    pair is positive when the labels are equal), or an explicit ``[n, N]`` bool
-    matrix. The pair of a row with itself is never positive.
-    """
-
-    key_labels: torch.Tensor | None = None
-    matrix: torch.Tensor | None = None
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    # float16/bfloat16 similarities overflow exp() at low temperature: use float32.
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _dense_rows(
-    keys: torch.Tensor,
-    anchor_index: torch.Tensor,
-    positives: Positives,
-    temperature: float,
-    variant: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    self_col = anchor_index[:, None]
-    # Scale the [n, D] anchors, not the [n, N] logits; mask the self pair in place
-    # (the matmul's backward does not need its output).
-    logits = (keys.index_select(0, anchor_index) / temperature) @ keys.T
-    logits.scatter_(1, self_col, float("-inf"))
-    lse = logits.logsumexp(dim=1)
-    if positives.matrix is not None:
-        pos = positives.matrix.clone()
-    else:
-        labels = positives.key_labels
-        assert labels is not None
-        pos = labels[anchor_index][:, None] == labels[None, :]
-    pos.scatter_(1, self_col, False)
-    num_pos = pos.sum(dim=1)
-    count = num_pos.clamp(min=1).to(logits.dtype)
-    if variant == "out":
-        pos_logit = torch.where(pos, logits, 0.0).sum(dim=1) / count
-    else:
-        # Rows without a positive get a finite filler so that no NaN gradient appears.
-        filler = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(logits.dtype)
-        pos_logit = torch.where(pos, logits, filler).logsumexp(dim=1) - count.log()
-    return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
-
-
-def contrastive_rows(
-    keys: torch.Tensor,
-    anchor_index: torch.Tensor,
-    positives: Positives,
-    *,
-    temperature: float,
-    variant: str = "out",
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor supervised-contrastive loss of unit-norm rows (internal core).
-
-    .. math::
-        \\ell_i^{out} = -\\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
-            \\log \\frac{\\exp(a_i \\cdot k_p / \\tau)}{\\sum_{j \\ne i} \\exp(a_i \\cdot k_j / \\tau)},
-        \\qquad
-        \\ell_i^{in} = -\\log \\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
-            \\frac{\\exp(a_i \\cdot k_p / \\tau)}{\\sum_{j \\ne i} \\exp(a_i \\cdot k_j / \\tau)}
-
-    where anchor :math:`a_i` is key ``keys[anchor_index[i]]`` and :math:`j \\ne i`
-    runs over every key except the anchor itself. Anchors with no positive get loss 0.
-    Every loss of this package that contrasts rows (NT-Xent, SupCon, the
-    contrastive feature regulariser) is this function plus a reduction.
-
-    Args:
-        keys: ``[N, D]`` L2-normalised rows (float32 or float64).
-        anchor_index: ``[n]`` long, the rows of ``keys`` that serve as anchors.
-        positives: The positive relation.
-        temperature: :math:`\\tau > 0`.
-        variant: ``"out"`` or ``"in"``.
-        chunk_size: Rows per tile; ``None`` picks the dense path for small problems
-            and the tiled kernel above :data:`DENSE_MAX_PAIRS` pairs.
-
-    Returns:
-        ``(loss [n], num_positives [n])``.
-    """
-    n, big_n = anchor_index.shape[0], keys.shape[0]
-    if chunk_size is None and (n * big_n <= DENSE_MAX_PAIRS or positives.matrix is not None):
-        # Small problems, or an explicit mask (already n*N): the dense path is as lean.
-        return _dense_rows(keys, anchor_index, positives, temperature, variant)
-    tile = chunk_size if chunk_size is not None else default_chunk_size(big_n)
-    return contrastive_rows_tiled(
-        keys,
-        anchor_index,
-        positives.key_labels,
-        positives.matrix,
-        temperature,
-        variant,
-        tile,
-    )
-
-
-def _check_common(
-    temperature: float,
-    reduction: str,
-    gather: bool,
-    chunk_size: int | None,
-) -> float:
-    temperature = _checks.check_float(temperature, "temperature", low=0.0, low_inclusive=False)
+def check_contrastive_common(
+    temperature: Temperature, reduction: str, gather: bool, chunk_size: int | None
+) -> Temperature:
+    """Validate the hyper-parameters every contrastive loss has; return the temperature."""
+    checked = _checks.check_temperature(temperature)
     _checks.check_reduction(reduction)
     _checks.check_bool(gather, "gather")
     if chunk_size is not None:
         _checks.check_int(chunk_size, "chunk_size", low=1)
-    return temperature
+    return checked
 
 
-def _supcon(
-    views: torch.Tensor,
-    labels: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    *,
-    temperature: float,
-    scale: float,
-    variant: str,
-    no_positive: str,
-    reduction: str,
-    gather: bool,
-    chunk_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated ``[B, V, D]`` views → (loss, number of anchors without a positive)."""
-    batch, num_views, _ = views.shape
-    rank, world = rank_and_world_size() if gather else (0, 1)
-    device = views.device
-    with torch.autocast(device_type=device.type, enabled=False):
-        z = F.normalize(views.to(_compute_dtype(views)), dim=-1)
-        z_all = gather_with_grad(z) if gather else z
-        global_batch = z_all.shape[0]
-        offset = rank * batch
-        # Rows are view-major, as torch.cat([view_0, view_1, ...]): row = v * B + b.
-        keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
-        sample = torch.arange(batch, device=device)
-        anchor_index = (
-            torch.arange(num_views, device=device)[:, None] * global_batch + offset + sample
-        ).reshape(-1)
-        if mask is not None:
-            positives = Positives(matrix=mask.repeat(num_views, num_views))
-        elif labels is not None:
-            all_labels = gather_no_grad(labels) if gather else labels
-            positives = Positives(key_labels=all_labels.repeat(num_views))
-        else:
-            sample_id = torch.arange(global_batch, device=device)
-            positives = Positives(key_labels=sample_id.repeat(num_views))
-        loss, num_pos = contrastive_rows(
-            keys,
-            anchor_index,
-            positives,
-            temperature=temperature,
-            variant=variant,
-            chunk_size=chunk_size,
+@dataclass(frozen=True, eq=False)
+class NTXentConfig:
+    """The validated hyper-parameters of :func:`nt_xent_loss` (see there for each).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: A hyper-parameter out of range.
+    """
+
+    temperature: Temperature = 0.5
+    reduction: str = "mean"
+    gather: bool = False
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        temperature = check_contrastive_common(
+            self.temperature, self.reduction, self.gather, self.chunk_size
         )
-    if scale != 1.0:
-        loss = loss * scale
-    has_pos = num_pos > 0
-    num_without = (~has_pos).sum()
-    if no_positive == "error" and not torch.compiler.is_compiling() and int(num_without) > 0:
-        raise ValueError(
-            f"{int(num_without)} of {loss.shape[0]} anchors have no positive (no other row "
-            f"with the same label); pass no_positive='ignore' or 'zero' to allow this"
-        )
-    if reduction != "mean":
-        return reduce_loss(loss, reduction), num_without
-    counted = (
-        has_pos.sum() if no_positive == "ignore" else torch.tensor(loss.shape[0], device=device)
-    )
-    if gather:
-        # Global count / world size: the mean over ranks of the rank losses is the global mean.
-        return reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without
-    return reduce_loss(loss, "mean", counted), num_without
+        object.__setattr__(self, "temperature", temperature)
 
 
-def _check_batch(batch: int, gather: bool) -> None:
-    world = rank_and_world_size()[1] if gather else 1
-    if batch * world < 2:
-        raise ValueError(
-            f"the batch must hold at least 2 samples (a contrastive loss needs negatives), "
-            f"got batch size {batch}"
+@dataclass(frozen=True, eq=False)
+class SupConConfig:
+    """The validated hyper-parameters of :func:`supcon_loss` (see there for each).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: A hyper-parameter out of range or an unknown choice.
+    """
+
+    temperature: Temperature = 0.1
+    base_temperature: float | None = None
+    variant: str = "out"
+    no_positive: str = "ignore"
+    reduction: str = "mean"
+    gather: bool = False
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        temperature = check_contrastive_common(
+            self.temperature, self.reduction, self.gather, self.chunk_size
         )
+        object.__setattr__(self, "temperature", temperature)
+        _checks.check_choice(self.variant, "variant", VARIANTS)
+        _checks.check_choice(self.no_positive, "no_positive", NO_POSITIVE)
+        if self.base_temperature is not None:
+            base = _checks.check_float(
+                self.base_temperature, "base_temperature", low=0.0, low_inclusive=False
+            )
+            object.__setattr__(self, "base_temperature", base)
+
+    @property
+    def scale(self) -> Temperature:
+        """The loss scale :math:`\\tau / \\tau_b` (1 without a base temperature)."""
+        if self.base_temperature is None:
+            return 1.0
+        return self.temperature / self.base_temperature
+
+
+class SupConResult(NamedTuple):
+    """The result of :func:`supcon`.
+
+    Attributes:
+        loss: The reduced loss (or ``[V * B]`` per anchor with ``reduction="none"``).
+        num_anchors_without_positive: 0-d long tensor (not synchronised to the host).
+    """
+
+    loss: torch.Tensor
+    num_anchors_without_positive: torch.Tensor
 
 
 def nt_xent_loss(
@@ -245,7 +153,8 @@ def nt_xent_loss(
     Args:
         z1: ``[B, D]`` first view, or ``[B, V, D]`` with all ``V >= 2`` views.
         z2: ``[B, D]`` second view, or ``None`` when ``z1`` holds all views.
-        temperature: :math:`\\tau > 0`.
+        temperature: :math:`\\tau > 0`: a number, or a one-element tensor (e.g. a
+            learnable temperature), which receives its gradient.
         reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` for the
             ``[V * B]`` per-anchor losses in view-major order.
         gather: All-gather embeddings across ``torch.distributed`` ranks (with
@@ -277,26 +186,36 @@ def nt_xent_loss(
         >>> nt_xent_loss(torch.stack([z1, z2], dim=1)).item() == loss.item()
         True
     """
-    views = _nt_xent_views(z1, z2)
-    temperature = _check_common(temperature, reduction, gather, chunk_size)
-    _check_batch(views.shape[0], gather)
-    _checks.check_finite(views, "z1" if z2 is None else "z1/z2")
-    loss, _ = _supcon(
-        views,
+    return nt_xent(NTXentConfig(temperature, reduction, gather, chunk_size), z1, z2)
+
+
+def nt_xent(config: NTXentConfig, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`nt_xent_loss` with validated hyper-parameters (what the module calls)."""
+    rows, num_views = _nt_xent_rows(z1, z2)
+    batch = rows.shape[0] // num_views
+    _check_batch(batch, config.gather)
+    checks = _checks.ValueChecks()
+    checks.values(rows, "z1" if z2 is None else "z1/z2")
+    if isinstance(config.temperature, torch.Tensor):
+        checks.positive(config.temperature, "temperature")
+    checks.run()
+    return _contrast(
+        rows,
+        num_views,
         None,
         None,
-        temperature=temperature,
+        temperature=config.temperature,
         scale=1.0,
         variant="out",
         no_positive="zero",
-        reduction=reduction,
-        gather=gather,
-        chunk_size=chunk_size,
-    )
-    return loss
+        reduction=config.reduction,
+        gather=config.gather,
+        chunk_size=config.chunk_size,
+    ).loss
 
 
-def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
+def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Checked views as view-major rows ``[V * B, D]`` (row ``v * B + b``), and ``V``."""
     _checks.check_floating_tensor(z1, "z1")
     if z2 is None:
         _checks.check_ndim(z1, "z1", (3,), "[B, V, D] (all views) when z2 is None")
@@ -305,7 +224,7 @@ def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
                 f"z1 must hold V >= 2 views along dim 1 ([B, V, D]), got V = {z1.shape[1]} "
                 f"(shape {tuple(z1.shape)})"
             )
-        return z1
+        return _view_major(z1), z1.shape[1]
     _checks.check_floating_tensor(z2, "z2")
     _checks.check_ndim(z1, "z1", (2,), "[B, D] when z2 is given")
     if z1.shape != z2.shape:
@@ -315,49 +234,12 @@ def _nt_xent_views(z1: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
         )
     if z1.dtype != z2.dtype:
         raise TypeError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
-    return torch.stack([z1, z2], dim=1)
+    return torch.cat([z1, z2]), 2
 
 
-def _supcon_views(
-    features: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    _checks.check_floating_tensor(features, "features")
-    _checks.check_ndim(features, "features", (2, 3), "[B, D] or [B, V, D]")
-    views = features if features.ndim == 3 else features[:, None]
-    batch = views.shape[0]
-    if views.shape[1] < 1:
-        raise ValueError(f"features must hold at least one view, got shape {tuple(features.shape)}")
-    if labels is not None and mask is not None:
-        raise ValueError("pass either labels or mask to supcon_loss, not both")
-    if labels is not None:
-        labels = _checks.check_labels(labels, "labels", batch).to(views.device)
-    if mask is not None:
-        mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]").to(views.device)
-    if labels is None and mask is None and views.shape[1] < 2:
-        raise ValueError(
-            "supcon_loss without labels or mask needs V >= 2 views ([B, V, D]) so that each "
-            f"anchor has a positive, got features of shape {tuple(features.shape)}"
-        )
-    return views, labels, mask
-
-
-def _check_supcon_args(
-    temperature: float,
-    base_temperature: float | None,
-    variant: str,
-    no_positive: str,
-    reduction: str,
-    gather: bool,
-    chunk_size: int | None,
-) -> tuple[float, float]:
-    """Validate SupCon's hyper-parameters; return ``(temperature, scale)``."""
-    temperature = _check_common(temperature, reduction, gather, chunk_size)
-    _checks.check_choice(variant, "variant", VARIANTS)
-    _checks.check_choice(no_positive, "no_positive", NO_POSITIVE)
-    if base_temperature is None:
-        return temperature, 1.0
-    base = _checks.check_float(base_temperature, "base_temperature", low=0.0, low_inclusive=False)
-    return temperature, temperature / base
+def _view_major(views: torch.Tensor) -> torch.Tensor:
+    """``[B, V, D]`` → ``[V * B, D]``, row ``v * B + b`` (as ``torch.cat`` of the views)."""
+    return views.transpose(0, 1).reshape(-1, views.shape[-1])
 
 
 def supcon_loss(
@@ -403,7 +285,8 @@ def supcon_loss(
         labels: ``[B]`` integer class labels, or ``None``.
         mask: ``[B, B]`` explicit positive relation (bool or 0/1); exclusive with
             ``labels``. The diagonal is expanded to the other views of a sample.
-        temperature: :math:`\\tau > 0`.
+        temperature: :math:`\\tau > 0`: a number, or a one-element tensor (e.g. a
+            learnable temperature), which receives its gradient.
         base_temperature: :math:`\\tau_b`; ``None`` means :math:`\\tau_b = \\tau`
             (no scaling). The reference code uses 0.07 for both.
         variant: ``"out"`` or ``"in"``.
@@ -434,51 +317,168 @@ def supcon_loss(
         >>> supcon_loss(features, labels, temperature=0.1).shape
         torch.Size([])
     """
-    return supcon_loss_and_count(
-        features,
-        labels,
-        mask=mask,
-        temperature=temperature,
-        base_temperature=base_temperature,
-        variant=variant,
-        no_positive=no_positive,
-        reduction=reduction,
-        gather=gather,
-        chunk_size=chunk_size,
-    )[0]
-
-
-def supcon_loss_and_count(
-    features: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    *,
-    mask: torch.Tensor | None = None,
-    temperature: float = 0.1,
-    base_temperature: float | None = None,
-    variant: str = "out",
-    no_positive: str = "ignore",
-    reduction: str = "mean",
-    gather: bool = False,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`supcon_loss` and the number of anchors without a positive (a 0-d long tensor)."""
-    views, labels, mask = _supcon_views(features, labels, mask)
-    temperature, scale = _check_supcon_args(
+    config = SupConConfig(
         temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
     )
-    if gather and mask is not None:
+    return supcon(config, features, labels, mask).loss
+
+
+def supcon(
+    config: SupConConfig,
+    features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> SupConResult:
+    """:func:`supcon_loss` with validated hyper-parameters, and the anchors without a positive.
+
+    One host synchronisation at most (none with checks off, unless
+    ``no_positive="error"``): the value checks of the inputs and the count of
+    anchors without a positive are read together, after the computation
+    (no input value can make it fail).
+    """
+    views, labels, mask = _supcon_views(features, labels, mask)
+    if config.gather and mask is not None:
         raise ValueError("gather=True is not available with an explicit mask; pass labels instead")
-    _check_batch(views.shape[0], gather)
-    _checks.check_finite(views, "features")
-    return _supcon(
-        views,
+    batch, num_views = views.shape[0], views.shape[1]
+    _check_batch(batch, config.gather)
+    checks = _checks.ValueChecks()
+    if mask is not None:
+        mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]", checks)
+        mask = mask.to(views.device)
+    checks.values(features, "features")
+    if isinstance(config.temperature, torch.Tensor):
+        checks.positive(config.temperature, "temperature")
+    result = _contrast(
+        _view_major(views),
+        num_views,
         labels,
         mask,
-        temperature=temperature,
-        scale=scale,
-        variant=variant,
-        no_positive=no_positive,
-        reduction=reduction,
-        gather=gather,
-        chunk_size=chunk_size,
+        temperature=config.temperature,
+        scale=config.scale,
+        variant=config.variant,
+        no_positive=config.no_positive,
+        reduction=config.reduction,
+        gather=config.gather,
+        chunk_size=config.chunk_size,
     )
+    if config.no_positive == "error" and not torch.compiler.is_compiling():
+        missing = result.num_anchors_without_positive
+        num_rows = batch * num_views
+        if not checks.enabled:
+            checks = _checks.ValueChecks()
+            checks.enabled = True
+        checks.flag(
+            missing > 0,
+            lambda: (
+                f"{int(missing)} of {num_rows} anchors have no positive (no other row with "
+                f"the same label); pass no_positive='ignore' or 'zero' to allow this"
+            ),
+        )
+    checks.run()
+    return result
+
+
+def _supcon_views(
+    features: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    _checks.check_floating_tensor(features, "features")
+    _checks.check_ndim(features, "features", (2, 3), "[B, D] or [B, V, D]")
+    views = features if features.ndim == 3 else features[:, None]
+    batch = views.shape[0]
+    if views.shape[1] < 1:
+        raise ValueError(f"features must hold at least one view, got shape {tuple(features.shape)}")
+    if labels is not None and mask is not None:
+        raise ValueError("pass either labels or mask to supcon_loss, not both")
+    if labels is not None:
+        labels = _checks.check_labels(labels, "labels", batch).to(views.device)
+    if mask is not None:
+        mask = _checks.check_tensor(mask, "mask")
+        if tuple(mask.shape) != (batch, batch):
+            raise ValueError(
+                f"mask must have shape [B, B] = {[batch, batch]}, got shape {tuple(mask.shape)}"
+            )
+    if labels is None and mask is None and views.shape[1] < 2:
+        raise ValueError(
+            "supcon_loss without labels or mask needs V >= 2 views ([B, V, D]) so that each "
+            f"anchor has a positive, got features of shape {tuple(features.shape)}"
+        )
+    return views, labels, mask
+
+
+def _contrast(
+    rows: torch.Tensor,
+    num_views: int,
+    labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    *,
+    temperature: Temperature,
+    scale: Temperature,
+    variant: str,
+    no_positive: str,
+    reduction: str,
+    gather: bool,
+    chunk_size: int | None,
+) -> SupConResult:
+    """Validated view-major rows ``[V * B, D]`` → (loss, number of anchors without a positive)."""
+    batch = rows.shape[0] // num_views
+    device = rows.device
+    anchor_index = None  # without gather every row is an anchor, in order
+    with torch.autocast(device_type=device.type, enabled=False):
+        keys = F.normalize(rows.to(compute_dtype(rows)), dim=1)
+        global_batch = batch
+        if gather:
+            rank, world = rank_and_world_size()
+            # Gather [B, V, D] blocks, so that the global rows stay view-major.
+            z_all = gather_with_grad(keys.view(num_views, batch, -1).transpose(0, 1))
+            global_batch = z_all.shape[0]
+            keys = z_all.transpose(0, 1).reshape(num_views * global_batch, -1)
+            sample = torch.arange(batch, device=device)
+            anchor_index = (
+                torch.arange(num_views, device=device)[:, None] * global_batch
+                + rank * batch
+                + sample
+            ).reshape(-1)
+        if mask is not None:
+            positives = Positives(matrix=mask.repeat(num_views, num_views))
+        elif labels is not None:
+            all_labels = gather_no_grad(labels) if gather else labels
+            positives = Positives(key_labels=all_labels.repeat(num_views))
+        else:
+            positives = Positives(views=num_views)
+        summed = reduction != "none"
+        loss, num_pos = contrastive_rows(
+            keys,
+            anchor_index,
+            positives,
+            temperature=temperature,
+            variant=variant,
+            chunk_size=chunk_size,
+            summed=summed,
+        )
+    if not isinstance(scale, float) or scale != 1.0:
+        loss = loss * scale
+    has_pos = num_pos > 0
+    num_without = (~has_pos).sum()
+    if reduction != "mean":
+        return SupConResult(loss, num_without)
+    if no_positive == "ignore":
+        counted = has_pos.sum()
+    elif not gather:
+        # Every anchor counts: a plain mean (no guard on the batch size under export).
+        return SupConResult(loss / num_pos.shape[0], num_without)
+    else:
+        counted = torch.full((), num_pos.shape[0], device=device)
+    if gather:
+        # Global count / world size: the mean over ranks of the rank losses is the global mean.
+        world = rank_and_world_size()[1]
+        return SupConResult(reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without)
+    return SupConResult(reduce_loss(loss, "mean", counted), num_without)
+
+
+def _check_batch(batch: int, gather: bool) -> None:
+    world = rank_and_world_size()[1] if gather else 1
+    if batch * world < 2:
+        raise ValueError(
+            f"the batch must hold at least 2 samples (a contrastive loss needs negatives), "
+            f"got batch size {batch}"
+        )

@@ -1,113 +1,55 @@
-r"""Mask guidance: area resizing of lesion masks, the guidance loss, and the CAM.
+r"""The mask-guidance loss: pull an attention map (or a CAM) toward the lesion mask.
 
 A radiologist's lesion mask supervises a spatial map of the network, either
 the map of :class:`~contrast_attn.MaskGuidedAttention` or the class activation
-map of a plain classifier (GAIN-style extra supervision). Masks come at image
-resolution; they are brought to the map's resolution by *area* resampling, so
-a feature cell that a lesion covers by 30 % gets the target 0.3.
+map of a plain classifier (GAIN-style extra supervision); the mask is brought
+to the map's resolution by area (:func:`~contrast_attn.functional.resize_mask`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import _checks
 from .._reduction import reduce_loss
+from .._resize import area_resize
+from .cam import class_activation_map
+from .resize import resize_mask
 
-__all__ = ["class_activation_map", "mask_guidance_loss", "resize_mask"]
+__all__ = [
+    "GuidanceConfig",
+    "class_activation_map",
+    "mask_guidance",
+    "mask_guidance_loss",
+    "resize_mask",
+]
 
 KINDS = ("bce", "mse", "dice")
 
 
-def _overlaps(src: int, dst: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``[dst, src]`` overlap lengths of output cell ``i`` and input cell ``k``; rows sum to ``src``."""
-    # In units of 1 / dst input cells, output cell i spans [i*src, (i+1)*src) and input cell
-    # k spans [k*dst, (k+1)*dst): integer overlaps, exact for any pair of sizes.
-    out_lo = torch.arange(dst, device=device)[:, None] * src
-    in_lo = torch.arange(src, device=device)[None, :] * dst
-    overlap = torch.minimum(out_lo + src, in_lo + dst) - torch.maximum(out_lo, in_lo)
-    return overlap.clamp(min=0).to(dtype)
-
-
-def _area_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a validated ``[B, 1, h, w]`` mask to ``size`` by area (internal, no checks).
-
-    Returns float32 (float64 for a float64 mask), outside autocast.
-    """
-    dtype = torch.float64 if mask.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=mask.device.type, enabled=False):
-        values = mask.to(dtype)
-        height, width = values.shape[-2:]
-        if (height, width) == tuple(size):
-            return values
-        rows = _overlaps(height, size[0], values.device, dtype)
-        cols = _overlaps(width, size[1], values.device, dtype)
-        # Integer weights and one division: a full mask gives exactly 1, an empty one 0.
-        return rows @ values @ cols.T / (height * width)
-
-
-def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    r"""Resize a lesion mask to a feature map's resolution by area (exact fractional coverage).
-
-    Each output cell is the area-weighted mean of the input cells it overlaps,
-    so a binary mask becomes the fraction of each cell that the lesion covers:
-
-    .. math::
-        \tilde m_{ij} = \sum_{k, l} R_{ik} \, m_{kl} \, C_{jl}, \qquad
-        R_{ik} = \frac{|[i h / H, (i + 1) h / H) \cap [k, k + 1)|}{h / H}
-
-    (and :math:`C` likewise along the width). When the sizes divide evenly this
-    equals ``F.interpolate(mask, size, mode="area")``; otherwise it is the exact
-    box filter, whereas torch's adaptive pooling uses overlapping integer windows.
-    Enlarging repeats values (each output cell lies within one input cell, or
-    averages the two it straddles).
-
-    Args:
-        mask: ``[B, 1, h, w]`` or ``[B, h, w]``; bool, integer or floating with
-            values in [0, 1].
-        size: ``(H, W)``, the target resolution.
-
-    Returns:
-        ``[B, 1, H, W]`` float32 (float64 for a float64 mask), values in [0, 1].
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """The validated hyper-parameters of :func:`mask_guidance_loss` (see there).
 
     Raises:
-        TypeError: ``mask`` is not a tensor.
-        ValueError: Bad mask shape, values outside [0, 1], or bad ``size``.
-
-    References:
-        The box filter of ``F.interpolate(mode="area")`` (torch's adaptive average
-        pooling), made exact for sizes that do not divide; Li et al., "Tell Me
-        Where to Look: Guided Attention Inference Network", CVPR 2018 (masks
-        supervising a low-resolution map).
-
-    Examples:
-        >>> import torch
-        >>> from contrast_attn.functional import resize_mask
-        >>> mask = torch.zeros(1, 3, 3)
-        >>> mask[0, 0, 0] = 1                    # one pixel of nine
-        >>> resize_mask(mask, (2, 2))[0, 0]
-        tensor([[0.4444, 0.0000],
-                [0.0000, 0.0000]])
+        TypeError: ``from_logits`` not a bool, ``smooth`` not a number.
+        ValueError: Unknown ``kind`` or ``reduction``, ``smooth <= 0``.
     """
-    mask = _checks.check_spatial_mask(mask, "mask")
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
-    return _area_resize(mask, (size[0], size[1]))
 
+    kind: str = "bce"
+    from_logits: bool = False
+    smooth: float = 1.0
+    reduction: str = "mean"
 
-def check_guidance_args(kind: str, from_logits: bool, smooth: float, reduction: str) -> float:
-    """Validate the hyper-parameters of the guidance loss; return ``smooth`` as a float."""
-    _checks.check_choice(kind, "kind", KINDS)
-    _checks.check_bool(from_logits, "from_logits")
-    _checks.check_reduction(reduction)
-    return _checks.check_float(smooth, "smooth", low=0.0, low_inclusive=False)
+    def __post_init__(self) -> None:
+        _checks.check_choice(self.kind, "kind", KINDS)
+        _checks.check_bool(self.from_logits, "from_logits")
+        _checks.check_reduction(self.reduction)
+        smooth = _checks.check_float(self.smooth, "smooth", low=0.0, low_inclusive=False)
+        object.__setattr__(self, "smooth", smooth)
 
 
 def mask_guidance_loss(
@@ -189,20 +131,41 @@ def mask_guidance_loss(
         >>> dice.detach()                    # 1 - (2 * 4.5 + 1) / (24.5 + 9 + 1), 24.5 / 25.5
         tensor([0.7101, 0.9608])
     """
-    smooth = check_guidance_args(kind, from_logits, smooth, reduction)
+    config = GuidanceConfig(kind, from_logits, smooth, reduction)
+    return mask_guidance(config, attention, mask, valid)
+
+
+def mask_guidance(
+    config: GuidanceConfig,
+    attention: torch.Tensor,
+    mask: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`mask_guidance_loss` with validated hyper-parameters (what the module calls)."""
+    kind, from_logits, smooth, reduction = (
+        config.kind,
+        config.from_logits,
+        config.smooth,
+        config.reduction,
+    )
     _checks.check_floating_tensor(attention, "attention")
-    attention = _checks.check_spatial_mask(attention, "attention", unit_interval=not from_logits)
-    mask = _checks.check_spatial_mask(mask, "mask")
+    checks = _checks.ValueChecks()
+    attention = _checks.check_spatial_mask(
+        attention, "attention", unit_interval=not from_logits, checks=checks
+    )
+    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
     _checks.check_same_batch(attention, "attention", mask, "mask")
     if valid is not None:
         batch = attention.shape[0]
-        valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]").to(attention.device)
+        valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]", checks)
+        valid = valid.to(attention.device)
+    checks.run()
     mask = mask.to(attention.device)
 
     dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=attention.device.type, enabled=False):
         x = attention.to(dtype)
-        target = _area_resize(mask, (x.shape[-2], x.shape[-1])).to(dtype)
+        target = area_resize(mask, (x.shape[-2], x.shape[-1])).to(dtype)
         if kind == "bce":
             pixel = (
                 F.binary_cross_entropy_with_logits(x, target, reduction="none")
@@ -222,89 +185,3 @@ def mask_guidance_loss(
         return reduce_loss(loss, reduction)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     return reduce_loss(loss, reduction, valid.sum())
-
-
-def class_activation_map(
-    features: torch.Tensor,
-    fc_weight: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    fc_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    r"""Differentiable class activation map of a classifier with global average pooling.
-
-    For a classifier :math:`y = W \, \mathrm{GAP}(f) + c`, the CAM of class
-    :math:`t_b` is its logit before the spatial average:
-
-    .. math::
-        M_b(i, j) = \sum_{k} W_{t_b k} \, f_{b k i j} + c_{t_b},
-        \qquad y_{b t_b} = \frac{1}{HW} \sum_{ij} M_b(i, j) .
-
-    With ``fc_bias`` every cell of :math:`M_b` is the logit the classifier would
-    give an image made of that cell alone, so it can be guided toward the lesion
-    mask with ``mask_guidance_loss(cam, mask, from_logits=True)``; that is the
-    extra supervision of GAIN without an attention module. Gradients flow to both
-    the features and the classifier weights.
-
-    Args:
-        features: ``[B, C, H, W]`` the feature map that the classifier pools.
-        fc_weight: ``[K, C]`` the classifier's weight (``nn.Linear(C, K).weight``).
-        target: ``[B]`` integer class whose map to compute (e.g. the label).
-        fc_bias: ``[K]`` the classifier's bias, or ``None`` to leave it out
-            (the CAM of Zhou et al.).
-
-    Returns:
-        ``[B, 1, H, W]`` in the promoted dtype of ``features`` and ``fc_weight``.
-
-    Raises:
-        TypeError: Non-tensor inputs, non-floating features/weights/bias, float targets.
-        ValueError: Bad shapes, channel mismatch, targets outside ``[0, K)``,
-            NaN/Inf features.
-
-    References:
-        Zhou et al., "Learning Deep Features for Discriminative Localization",
-        CVPR 2016. Li et al., "Tell Me Where to Look: Guided Attention Inference
-        Network", CVPR 2018.
-
-    Examples:
-        >>> import torch
-        >>> from contrast_attn.functional import class_activation_map
-        >>> features = torch.randn(2, 8, 7, 7)
-        >>> fc = torch.nn.Linear(8, 3)
-        >>> cam = class_activation_map(features, fc.weight, torch.tensor([0, 2]), fc_bias=fc.bias)
-        >>> cam.shape
-        torch.Size([2, 1, 7, 7])
-        >>> torch.allclose(cam.mean(dim=(1, 2, 3)), fc(features.mean(dim=(2, 3)))[[0, 1], [0, 2]])
-        True
-    """
-    _checks.check_feature_map(features, "features")
-    _checks.check_floating_tensor(fc_weight, "fc_weight")
-    _checks.check_ndim(fc_weight, "fc_weight", (2,), "[K, C]")
-    if fc_weight.shape[1] != features.shape[1]:
-        raise ValueError(
-            f"fc_weight must have shape [K, C] with C = {features.shape[1]} (the features' "
-            f"channels), got shape {tuple(fc_weight.shape)}"
-        )
-    num_classes = fc_weight.shape[0]
-    if fc_bias is not None:
-        _checks.check_floating_tensor(fc_bias, "fc_bias")
-        if tuple(fc_bias.shape) != (num_classes,):
-            raise ValueError(
-                f"fc_bias must have shape [K] = [{num_classes}], got shape {tuple(fc_bias.shape)}"
-            )
-    target = _checks.check_labels(target, "target", features.shape[0])
-    # int32/uint8 class indices are valid; indexing wants int64 (uint8 would act as a mask).
-    target = target.to(device=features.device, dtype=torch.long)
-    if not torch.compiler.is_compiling() and target.numel() > 0:
-        low, high = int(target.min()), int(target.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"target must hold class indices in [0, {num_classes}), got values in "
-                f"[{low}, {high}]"
-            )
-    _checks.check_finite(features, "features")
-    dtype = torch.promote_types(features.dtype, fc_weight.dtype)
-    cam = torch.einsum("bchw,bc->bhw", features.to(dtype), fc_weight[target].to(dtype))[:, None]
-    if fc_bias is None:
-        return cam
-    return cam + fc_bias[target].to(dtype)[:, None, None, None]

@@ -7,9 +7,9 @@ from typing import NamedTuple
 import torch
 
 from .. import _checks
-from .guidance import _area_resize
+from .._resize import area_resize
 
-__all__ = ["MaskedPool", "masked_average_pool"]
+__all__ = ["MaskedPool", "masked_average_pool", "pool_regions"]
 
 
 class MaskedPool(NamedTuple):
@@ -35,12 +35,12 @@ class MaskedPool(NamedTuple):
     background_area: torch.Tensor
 
 
-def _masked_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
-    """Pool validated inputs (``mask`` ``[B, 1, h, w]`` on the features' device)."""
+def pool_regions(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
+    """:func:`masked_average_pool` of validated inputs (``mask`` ``[B, 1, h, w]`` on the features' device)."""
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=features.device.type, enabled=False):
         values = features.to(dtype)
-        weight = _area_resize(mask, (values.shape[-2], values.shape[-1])).to(dtype)[:, 0]
+        weight = area_resize(mask, (values.shape[-2], values.shape[-1])).to(dtype)[:, 0]
         cells = weight.shape[-2] * weight.shape[-1]
         pooled = []
         areas = []
@@ -95,7 +95,9 @@ def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPoo
         (tensor([[0.5000]]), tensor([[2.5000]]), tensor([0.5000]))
     """
     _checks.check_feature_map(features, "features")
-    mask = _checks.check_spatial_mask(mask, "mask")
+    checks = _checks.ValueChecks()
+    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
     _checks.check_same_batch(features, "features", mask, "mask")
-    _checks.check_finite(features, "features")
-    return _masked_pool(features, mask.to(features.device))
+    checks.values(features, "features")
+    checks.run()
+    return pool_regions(features, mask.to(features.device))

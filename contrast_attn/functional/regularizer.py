@@ -3,33 +3,67 @@ r"""The contrastive feature regulariser: lesion features together, away from the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import _checks
 from .._reduction import reduce_loss
+from .._rows import Positives, Temperature, compute_dtype, contrastive_rows
 from ..distributed import all_reduce_sum, gather_variable_with_grad, rank_and_world_size
-from .contrastive import VARIANTS, Positives, _check_common, _compute_dtype, contrastive_rows
-from .pooling import _masked_pool
+from .contrastive import VARIANTS, check_contrastive_common
+from .pooling import pool_regions
 
-__all__ = ["contrastive_feature_regularizer"]
+__all__ = [
+    "RegularizerConfig",
+    "RegularizerResult",
+    "contrastive_feature_regularizer",
+    "regularize",
+]
+
+Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _check_regularizer_args(
-    temperature: float,
-    variant: str,
-    min_area: float,
-    reduction: str,
-    gather: bool,
-    chunk_size: int | None,
-) -> tuple[float, float]:
-    """Validate the hyper-parameters; return ``(temperature, min_area)``."""
-    temperature = _check_common(temperature, reduction, gather, chunk_size)
-    _checks.check_choice(variant, "variant", VARIANTS)
-    min_area = _checks.check_float(min_area, "min_area", low=0.0, high=1.0, high_inclusive=False)
-    return temperature, min_area
+@dataclass(frozen=True, eq=False)
+class RegularizerConfig:
+    """The validated hyper-parameters of :func:`contrastive_feature_regularizer` (see there).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: A hyper-parameter out of range or an unknown choice.
+    """
+
+    temperature: Temperature = 0.1
+    variant: str = "out"
+    min_area: float = 0.0
+    reduction: str = "mean"
+    gather: bool = False
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        temperature = check_contrastive_common(
+            self.temperature, self.reduction, self.gather, self.chunk_size
+        )
+        object.__setattr__(self, "temperature", temperature)
+        _checks.check_choice(self.variant, "variant", VARIANTS)
+        min_area = _checks.check_float(
+            self.min_area, "min_area", low=0.0, high=1.0, high_inclusive=False
+        )
+        object.__setattr__(self, "min_area", min_area)
+
+
+class RegularizerResult(NamedTuple):
+    """The result of :func:`regularize`.
+
+    Attributes:
+        loss: The reduced loss (``[B]`` with ``reduction="none"``).
+        num_anchors: 0-d long tensor, this rank's lesion anchors with a positive.
+    """
+
+    loss: torch.Tensor
+    num_anchors: torch.Tensor
 
 
 def contrastive_feature_regularizer(
@@ -85,18 +119,24 @@ def contrastive_feature_regularizer(
     :math:`\tau = 0.1` (``temperature``); a projection head before the
     normalisation (``projection``); anchors without a positive leave the mean.
 
-    With fewer than two lesion embeddings in the batch (in particular with no
-    lesion pixel at all) no anchor has a positive and the result is 0, attached
-    to the graph of ``features`` with a zero gradient, never NaN. ``projection``
-    is then not called; when it is an ``nn.Module`` its parameters are still
-    attached with a zero gradient, so ``DistributedDataParallel`` sees every
-    parameter used on every rank. The pooled vectors are passed to ``projection``
-    in the dtype of ``features`` (a half-precision model gets half-precision
-    input); similarities and log-sum-exp are computed in float32 (float64 for
-    float64 input), also under autocast.
+    Shapes do not depend on the data: ``projection`` is called once on all
+    :math:`2B` pooled vectors (the :math:`B` lesion vectors, then the :math:`B`
+    background vectors; a region of zero area pools to the zero vector), and
+    the regions outside :math:`L` and :math:`N` are masked out of the
+    contrast rather than selected, so the function never waits for the device
+    and compiles as one graph. A ``projection`` with batch normalisation
+    therefore normalises over all :math:`2B` vectors. With fewer than two lesion
+    embeddings in the batch (in particular with no lesion pixel at all) no
+    anchor has a positive and the result is 0, attached to the graph of
+    ``features`` and of the projection's parameters with a zero gradient, never
+    NaN (``DistributedDataParallel`` sees every parameter used on every rank).
+    The pooled vectors are passed to ``projection`` in the dtype of
+    ``features`` (a half-precision model gets half-precision input);
+    similarities and log-sum-exp are computed in float32 (float64 for float64
+    input), also under autocast.
 
     With ``gather=True`` under ``torch.distributed`` the projected embeddings
-    (lesion and background, in numbers that may differ per rank) and their labels
+    (lesion and background; batch sizes may differ per rank) and their labels
     are all-gathered with gradients (:func:`~contrast_attn.distributed.gather_variable_with_grad`);
     each rank's anchors are its own lesion embeddings, contrasted with the keys of
     every rank, and the mean is taken over the global anchor count divided by the
@@ -111,8 +151,9 @@ def contrastive_feature_regularizer(
         features: ``[B, C, H, W]`` feature map.
         mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1], any resolution.
         labels: ``[B]`` integer class of each image, or ``None`` (one class).
-        temperature: :math:`\tau > 0`.
-        projection: Callable mapping pooled vectors ``[M, C]`` to ``[M, D]`` (e.g. a
+        temperature: :math:`\tau > 0`, a number or a one-element tensor (which
+            receives its gradient).
+        projection: Callable mapping pooled vectors ``[2B, C]`` to ``[2B, D]`` (e.g. a
             :class:`~contrast_attn.ProjectionHead`), applied to all lesion and
             background vectors in one call; ``None`` = identity.
         valid: ``[B]`` bool (or 0/1): images whose mask is annotated; the others
@@ -153,77 +194,45 @@ def contrastive_feature_regularizer(
         >>> empty.item(), empty.requires_grad
         (0.0, True)
     """
-    return _regularizer(
-        features,
-        mask,
-        labels,
-        temperature=temperature,
-        projection=projection,
-        valid=valid,
-        variant=variant,
-        min_area=min_area,
-        reduction=reduction,
-        gather=gather,
-        chunk_size=chunk_size,
-    )[0]
+    config = RegularizerConfig(temperature, variant, min_area, reduction, gather, chunk_size)
+    return regularize(config, features, mask, labels, valid=valid, projection=projection).loss
 
 
-def _regularizer(
+def regularize(
+    config: RegularizerConfig,
     features: torch.Tensor,
     mask: torch.Tensor,
-    labels: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
     *,
-    temperature: float,
-    projection: Callable[[torch.Tensor], torch.Tensor] | None,
-    valid: torch.Tensor | None,
-    variant: str,
-    min_area: float,
-    reduction: str,
-    gather: bool,
-    chunk_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`contrastive_feature_regularizer` and the number of anchors with a positive."""
+    valid: torch.Tensor | None = None,
+    projection: Projection | None = None,
+) -> RegularizerResult:
+    """:func:`contrastive_feature_regularizer` with validated hyper-parameters, and the count."""
     _checks.check_feature_map(features, "features")
-    mask = _checks.check_spatial_mask(mask, "mask")
+    checks = _checks.ValueChecks()
+    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
     _checks.check_same_batch(features, "features", mask, "mask")
-    temperature, min_area = _check_regularizer_args(
-        temperature, variant, min_area, reduction, gather, chunk_size
-    )
     if projection is not None and not callable(projection):
         raise TypeError(f"projection must be callable or None, got {type(projection).__name__}")
     batch, device = features.shape[0], features.device
     if labels is not None:
         labels = _checks.check_labels(labels, "labels", batch).to(device)
     if valid is not None:
-        valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]").to(device)
-    _checks.check_finite(features, "features")
+        valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]", checks).to(device)
+    checks.values(features, "features")
+    if isinstance(config.temperature, torch.Tensor):
+        checks.positive(config.temperature, "temperature")
+    checks.run()
 
-    pooled = _masked_pool(features, mask.to(device))
-    has_lesion = pooled.lesion_area > min_area
-    has_background = pooled.background_area > min_area
+    pooled = pool_regions(features, mask.to(device))
+    has_lesion = pooled.lesion_area > config.min_area
+    has_background = pooled.background_area > config.min_area
     if valid is not None:
         has_lesion &= valid
         has_background &= valid
-    lesion_index = torch.nonzero(has_lesion).squeeze(1)
-    background_index = torch.nonzero(has_background).squeeze(1)
-    num_lesion = lesion_index.shape[0]
-    world = rank_and_world_size()[1] if gather else 1
-    # Every rank takes the same branch: the count is global under gather.
-    total_lesion = (
-        int(all_reduce_sum(torch.tensor(num_lesion, device=device))) if gather else num_lesion
-    )
-    if total_lesion < 2:
-        # No anchor can have a positive: a defined 0 that keeps the graph intact, with
-        # the head's parameters attached too (DDP expects every parameter to get a grad).
-        zero = pooled.lesion.sum(dim=1) * 0.0
-        if isinstance(projection, nn.Module):
-            for parameter in projection.parameters():
-                if parameter.requires_grad:
-                    zero = zero + parameter.sum().to(zero.dtype) * 0.0
-        none = torch.zeros((), dtype=torch.long, device=device)
-        return (zero if reduction == "none" else zero.sum()), none
-
-    vectors = torch.cat([pooled.lesion[lesion_index], pooled.background[background_index]])
+    # Fixed shapes: every image gives one lesion and one background row; the rows of
+    # regions that take no part are masked out of the contrast, not selected.
+    vectors = torch.cat([pooled.lesion, pooled.background])
     projected = vectors if projection is None else projection(vectors.to(features.dtype))
     if (
         not isinstance(projected, torch.Tensor)
@@ -233,41 +242,44 @@ def _regularizer(
     ):
         raise ValueError(
             f"projection must map pooled vectors [M, C] = {list(vectors.shape)} to a floating "
-            f"tensor [M, D], got {_checks._describe(projected)}"
+            f"tensor [M, D], got {_checks.describe(projected)}"
         )
-    lesion_labels = (
-        labels[lesion_index].long() if labels is not None else lesion_index.new_zeros(num_lesion)
-    )
-    # Per key row: (class, is it a lesion embedding); background rows get class 0 for now.
+    lesion_labels = labels.long() if labels is not None else has_lesion.new_zeros(batch).long()
+    # Per key row: class, is it a lesion row, does it take part.
     key_info = torch.stack(
         [
-            torch.cat([lesion_labels, lesion_index.new_zeros(background_index.shape[0])]),
-            (torch.arange(vectors.shape[0], device=device) < num_lesion).long(),
+            torch.cat([lesion_labels, torch.zeros_like(lesion_labels)]),
+            torch.cat([torch.ones_like(lesion_labels), torch.zeros_like(lesion_labels)]),
+            torch.cat([has_lesion, has_background]).long(),
         ],
         dim=1,
     )
     with torch.autocast(device_type=device.type, enabled=False):
-        keys = F.normalize(projected.to(_compute_dtype(projected)), dim=1)
+        keys = F.normalize(projected.to(compute_dtype(projected)), dim=1)
         offset = 0
-        if gather:
+        if config.gather:
             # Own lesion anchors against the keys of every rank; this rank's rows start at offset.
             keys, offset = gather_variable_with_grad(keys)
             key_info = gather_variable_with_grad(key_info)[0]
-        key_labels, is_lesion = key_info.unbind(dim=1)
+        key_labels, is_lesion, key_valid = key_info.unbind(dim=1)
         # Background keys get a label that no anchor has: negatives only.
         key_labels = torch.where(is_lesion.bool(), key_labels, key_labels.max() + 1)
         rows, num_pos = contrastive_rows(
             keys,
-            offset + torch.arange(num_lesion, device=device),
-            Positives(key_labels=key_labels),
-            temperature=temperature,
-            variant=variant,
-            chunk_size=chunk_size,
+            offset + torch.arange(batch, device=device),
+            Positives(key_labels=key_labels, key_valid=key_valid.bool()),
+            temperature=config.temperature,
+            variant=config.variant,
+            chunk_size=config.chunk_size,
+            summed=config.reduction != "none",
         )
     num_anchors = (num_pos > 0).sum()
-    if reduction == "none":
-        return rows.new_zeros(batch).scatter(0, lesion_index, rows), num_anchors
-    if gather and reduction == "mean":
+    if config.reduction != "mean":
+        return RegularizerResult(rows, num_anchors)
+    if config.gather:
         # Global count / world size: the mean over ranks of the rank losses is the global mean.
-        return reduce_loss(rows, reduction, all_reduce_sum(num_anchors) / world), num_anchors
-    return reduce_loss(rows, reduction, num_anchors), num_anchors
+        world = rank_and_world_size()[1]
+        return RegularizerResult(
+            reduce_loss(rows, "mean", all_reduce_sum(num_anchors) / world), num_anchors
+        )
+    return RegularizerResult(reduce_loss(rows, "mean", num_anchors), num_anchors)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from ..functional.guidance import _area_resize
+from .._resize import area_resize
 
 __all__ = ["MaskGuidedAttention"]
 
@@ -158,13 +158,16 @@ class MaskGuidedAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _checks.check_feature_map(features, "features", self.in_channels)
         batch = features.shape[0]
+        checks = _checks.ValueChecks()
         if mask is not None:
-            mask = _checks.check_spatial_mask(mask, "mask")
+            mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
             _checks.check_same_batch(features, "features", mask, "mask")
         if valid is not None:
             if mask is None:
                 raise ValueError("valid was given without a mask; pass the lesion mask too")
-            valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]").to(features.device)
+            valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]", checks)
+            valid = valid.to(features.device)
+        checks.run()
 
         logits = self.scorer(features)
         attention = torch.sigmoid(logits)
@@ -176,7 +179,7 @@ class MaskGuidedAttention(nn.Module):
             forced = torch.rand(batch, device=features.device) < self.teacher_forcing
             if valid is not None:
                 forced &= valid
-            target = _area_resize(mask.to(features.device), (gate.shape[-2], gate.shape[-1]))
+            target = area_resize(mask.to(features.device), (gate.shape[-2], gate.shape[-1]))
             gate = torch.where(forced[:, None, None, None], target.to(gate.dtype), gate)
         self.last_logits = logits
         attended = features * (1 + gate) if self.residual else features * gate

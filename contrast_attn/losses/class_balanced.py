@@ -7,17 +7,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from .. import _checks
+from .._config import ConfiguredModule
 from ..distributed import all_reduce_sum
 from ..functional.class_balanced import (
+    ClassBalancedConfig,
     Counts,
     check_counts,
-    check_loss_args,
-    class_balanced_loss,
+    class_balanced,
     class_balanced_weights,
 )
 
@@ -27,20 +27,28 @@ _LABEL_KEYS = ("target", "targets", "label", "labels")
 
 
 def _count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Per-class counts ``[C]`` (long) of class indices ``[N]`` or multi-hot ``[N, C]`` labels."""
+    """Per-class counts ``[C]`` (long) of class indices ``[N]`` or multi-hot ``[N, C]`` labels.
+
+    Fixed shapes (no ``bincount`` or selection) and one value check.
+    """
     _checks.check_tensor(labels, "labels")
+    checks = _checks.ValueChecks()
     if labels.ndim == 2:
         if labels.shape[1] != num_classes:
             raise ValueError(
                 f"multi-hot labels must have shape [N, C] = [N, {num_classes}], got shape "
                 f"{tuple(labels.shape)}"
             )
-        other = (labels != 0) & (labels != 1)
-        if bool(other.any()):
-            raise ValueError(
-                f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
-                f"{torch.unique(labels[other])[:5].tolist()}"
+        if checks.enabled and labels.dtype != torch.bool:
+            other = (labels != 0) & (labels != 1)
+            checks.flag(
+                other.any(),
+                lambda: (
+                    f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
+                    f"{torch.unique(labels[other])[:5].tolist()}"
+                ),
             )
+        checks.run()
         return labels.to(torch.long).sum(dim=0)
     if labels.ndim != 1:
         raise ValueError(
@@ -48,14 +56,23 @@ def _count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> 
             f"{tuple(labels.shape)}"
         )
     _checks.check_labels(labels, "labels", labels.shape[0])
-    labels = labels[labels != ignore_index]
-    bad = (labels < 0) | (labels >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be class indices in [0, {num_classes}) (num_classes = {num_classes}) "
-            f"or ignore_index={ignore_index}, got {torch.unique(labels[bad])[:5].tolist()}"
-        )
-    return torch.bincount(labels.to(torch.long), minlength=num_classes)
+    kept = labels != ignore_index
+    index = torch.where(kept, labels, 0).to(torch.long)
+    if checks.enabled and labels.numel() > 0:
+        low, high = torch.aminmax(index)
+
+        def message() -> str:
+            bad = kept & ((labels < 0) | (labels >= num_classes))
+            return (
+                f"labels must be class indices in [0, {num_classes}) (num_classes = "
+                f"{num_classes}) or ignore_index={ignore_index}, got "
+                f"{torch.unique(labels[bad])[:5].tolist()}"
+            )
+
+        checks.flag((low < 0) | (high >= num_classes), message)
+    checks.run()
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    return counts.index_add_(0, index.clamp(0, num_classes - 1), kept.long())
 
 
 def _item_label(item: Any) -> Any:
@@ -89,7 +106,7 @@ def _with_progress(items: Iterable[Any], total: int | None, enabled: bool) -> It
     return bar
 
 
-class ClassBalancedLoss(nn.Module):
+class ClassBalancedLoss(ConfiguredModule):
     r"""Class-balanced loss; see :func:`contrast_attn.functional.class_balanced_loss`.
 
     .. math::
@@ -100,7 +117,9 @@ class ClassBalancedLoss(nn.Module):
     the sigmoid focal loss. The per-class sample counts :math:`n_c` live in the
     ``counts`` buffer (long ``[C]``): they are saved in ``state_dict``, follow
     ``.to()``/``.cuda()``, and can be accumulated during training with
-    :meth:`update`. Weights are recomputed from the counts at every call (a ``[C]``
+    :meth:`update`. The hyper-parameters are held in :attr:`config`, a
+    :class:`~contrast_attn.functional.class_balanced.ClassBalancedConfig`, and
+    read as attributes (``loss.beta``). Weights are recomputed from the counts at every call (a ``[C]``
     float64 computation).
 
     Args:
@@ -150,6 +169,7 @@ class ClassBalancedLoss(nn.Module):
         <All keys matched successfully>
     """
 
+    config: ClassBalancedConfig
     counts: torch.Tensor
 
     def __init__(
@@ -167,7 +187,7 @@ class ClassBalancedLoss(nn.Module):
         zero_count: str = "error",
     ) -> None:
         super().__init__()
-        check_loss_args(
+        config = ClassBalancedConfig(
             beta,
             loss_type,
             gamma,
@@ -187,19 +207,11 @@ class ClassBalancedLoss(nn.Module):
                 )
             buffer = torch.zeros(num_classes, dtype=torch.long)
         else:
-            checked = check_counts(counts, num_classes)
-            if zero_count == "error":
-                class_balanced_weights(checked, beta, zero_count=zero_count)
+            # With zero_count="error" a missing class fails here, at once.
+            checked = check_counts(counts, num_classes, zero_count=zero_count)
             buffer = checked.to(torch.long)
         self.register_buffer("counts", buffer)
-        self.beta = beta
-        self.loss_type = loss_type
-        self.gamma = gamma
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.normalization = normalization
-        self.zero_count = zero_count
+        self.config = config
 
     @property
     def num_classes(self) -> int:
@@ -307,23 +319,7 @@ class ClassBalancedLoss(nn.Module):
         return class_balanced_weights(self.counts, self.beta, zero_count=self.zero_count)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return class_balanced_loss(
-            logits,
-            target,
-            self.counts,
-            beta=self.beta,
-            loss_type=self.loss_type,
-            gamma=self.gamma,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            normalization=self.normalization,
-            zero_count=self.zero_count,
-        )
+        return class_balanced(self.config, logits, target, self.counts)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, beta={self.beta}, loss_type={self.loss_type!r}, "
-            f"gamma={self.gamma}, reduction={self.reduction!r}, "
-            f"normalization={self.normalization!r}, zero_count={self.zero_count!r}"
-        )
+        return f"num_classes={self.num_classes}, {super().extra_repr()}"

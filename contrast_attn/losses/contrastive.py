@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..functional.contrastive import (
-    _check_supcon_args,
-    nt_xent_loss,
-    supcon_loss_and_count,
-)
+from .._config import ConfiguredModule
+from ..functional.contrastive import NTXentConfig, SupConConfig, nt_xent, supcon
+
+__all__ = ["NTXentLoss", "SupConLoss"]
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(ConfiguredModule):
     """NT-Xent (SimCLR) loss; see :func:`contrast_attn.functional.nt_xent_loss`.
 
     .. math::
         \\ell_i = -\\frac{1}{V - 1} \\sum_{p \\in P(i)}
             \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{k \\ne i} \\exp(z_i \\cdot z_k / \\tau)}
+
+    The hyper-parameters are held in :attr:`config`, an
+    :class:`~contrast_attn.functional.contrastive.NTXentConfig`, and read as
+    attributes (``loss.temperature``).
 
     Args:
         temperature: :math:`\\tau > 0` (SimCLR's default 0.5).
@@ -43,37 +45,24 @@ class NTXentLoss(nn.Module):
         >>> loss.backward()
     """
 
+    config: NTXentConfig
+
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float | torch.Tensor = 0.5,
         *,
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        # The same validation as the function, at construction time.
-        _check_supcon_args(temperature, None, "out", "zero", reduction, gather, chunk_size)
-        self.temperature = temperature
-        self.reduction = reduction
-        self.gather = gather
-        self.chunk_size = chunk_size
+        self.config = NTXentConfig(temperature, reduction, gather, chunk_size)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
-        return nt_xent_loss(
-            z1,
-            z2,
-            temperature=self.temperature,
-            reduction=self.reduction,
-            gather=self.gather,
-            chunk_size=self.chunk_size,
-        )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}, gather={self.gather}"
+        return nt_xent(self.config, z1, z2)
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(ConfiguredModule):
     """Supervised contrastive loss; see :func:`contrast_attn.functional.supcon_loss`.
 
     .. math::
@@ -83,6 +72,10 @@ class SupConLoss(nn.Module):
     After each call, :attr:`last_num_anchors_without_positives` holds the number
     of anchors that had no positive (a 0-d long tensor, not synchronised to the
     host until you read it).
+
+    The hyper-parameters are held in :attr:`config`, a
+    :class:`~contrast_attn.functional.contrastive.SupConConfig`, and read as
+    attributes (``loss.temperature``).
 
     Args:
         temperature: :math:`\\tau > 0`.
@@ -114,11 +107,12 @@ class SupConLoss(nn.Module):
         2
     """
 
+    config: SupConConfig
     last_num_anchors_without_positives: torch.Tensor | None
 
     def __init__(
         self,
-        temperature: float = 0.1,
+        temperature: float | torch.Tensor = 0.1,
         *,
         base_temperature: float | None = None,
         variant: str = "out",
@@ -128,16 +122,9 @@ class SupConLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        _check_supcon_args(
+        self.config = SupConConfig(
             temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
         )
-        self.temperature = temperature
-        self.base_temperature = base_temperature
-        self.variant = variant
-        self.no_positive = no_positive
-        self.reduction = reduction
-        self.gather = gather
-        self.chunk_size = chunk_size
         self.last_num_anchors_without_positives = None
 
     def forward(
@@ -146,24 +133,6 @@ class SupConLoss(nn.Module):
         labels: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss, missing = supcon_loss_and_count(
-            features,
-            labels,
-            mask=mask,
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            variant=self.variant,
-            no_positive=self.no_positive,
-            reduction=self.reduction,
-            gather=self.gather,
-            chunk_size=self.chunk_size,
-        )
+        loss, missing = supcon(self.config, features, labels, mask)
         self.last_num_anchors_without_positives = missing.detach()
         return loss
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
-            f"variant={self.variant!r}, no_positive={self.no_positive!r}, "
-            f"reduction={self.reduction!r}, gather={self.gather}"
-        )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..functional.guidance import check_guidance_args, mask_guidance_loss
+from .._config import ConfiguredModule
+from ..functional.guidance import GuidanceConfig, mask_guidance
 
 __all__ = ["MaskGuidanceLoss"]
 
 
-class MaskGuidanceLoss(nn.Module):
+class MaskGuidanceLoss(ConfiguredModule):
     r"""Pull an attention map (or a CAM) toward the lesion mask.
 
     See :func:`contrast_attn.functional.mask_guidance_loss`; e.g. for ``kind="bce"``
@@ -19,7 +19,8 @@ class MaskGuidanceLoss(nn.Module):
         \ell_b = -\frac{1}{HW} \sum_{ij} \left[ m_{ij} \log a_{ij}
             + (1 - m_{ij}) \log (1 - a_{ij}) \right]
 
-    with the mask :math:`m` resized to the map by area.
+    with the mask :math:`m` resized to the map by area. The hyper-parameters are
+    held in :attr:`config`, a :class:`~contrast_attn.functional.guidance.GuidanceConfig`.
 
     Args:
         kind: ``"bce"``, ``"mse"`` or ``"dice"``.
@@ -51,6 +52,8 @@ class MaskGuidanceLoss(nn.Module):
         >>> criterion(logits, mask, valid=torch.tensor([True, False])).backward()
     """
 
+    config: GuidanceConfig
+
     def __init__(
         self,
         kind: str = "bce",
@@ -60,23 +63,9 @@ class MaskGuidanceLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.smooth = check_guidance_args(kind, from_logits, smooth, reduction)
-        self.reduction = reduction
-        self.kind = kind
-        self.from_logits = from_logits
+        self.config = GuidanceConfig(kind, from_logits, smooth, reduction)
 
     def forward(
         self, attention: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return mask_guidance_loss(
-            attention,
-            mask,
-            kind=self.kind,
-            valid=valid,
-            from_logits=self.from_logits,
-            smooth=self.smooth,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
+        return mask_guidance(self.config, attention, mask, valid)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import _checks
-from ..functional.regularizer import _check_regularizer_args, _regularizer
+from .._config import ConfiguredModule
+from ..functional.regularizer import RegularizerConfig, regularize
 from ..layers.heads import ProjectionHead
 
 __all__ = ["ContrastiveFeatureRegularizer"]
 
 
-class ContrastiveFeatureRegularizer(nn.Module):
+class ContrastiveFeatureRegularizer(ConfiguredModule):
     r"""Contrastive term pulling lesion features together, away from the background.
 
     See :func:`contrast_attn.functional.contrastive_feature_regularizer` for the
@@ -25,6 +25,8 @@ class ContrastiveFeatureRegularizer(nn.Module):
         \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)} \log \frac{e^{z_i \cdot z_p / \tau}}
             {\sum_{k \in L \setminus \{i\}} e^{z_i \cdot z_k / \tau} + \sum_{j \in N} e^{z_i \cdot n_j / \tau}} .
 
+    The hyper-parameters are held in :attr:`config`, a
+    :class:`~contrast_attn.functional.regularizer.RegularizerConfig`.
     After each call :attr:`last_num_anchors` holds the number of lesion anchors
     that had a positive (a 0-d long tensor; this rank's own anchors under
     ``gather``): 0 means the term was 0 for want of lesions.
@@ -70,6 +72,7 @@ class ContrastiveFeatureRegularizer(nn.Module):
         3
     """
 
+    config: RegularizerConfig
     last_num_anchors: torch.Tensor | None
 
     def __init__(
@@ -86,16 +89,12 @@ class ContrastiveFeatureRegularizer(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.temperature, self.min_area = _check_regularizer_args(
+        self.config = RegularizerConfig(
             temperature, variant, min_area, reduction, gather, chunk_size
         )
         _checks.check_int(in_channels, "in_channels", low=1)
         self.in_channels = in_channels
         self.projection = ProjectionHead(in_channels, hidden_dim, projection_dim)
-        self.variant = variant
-        self.reduction = reduction
-        self.gather = gather
-        self.chunk_size = chunk_size
         self.last_num_anchors = None
 
     def forward(
@@ -106,24 +105,10 @@ class ContrastiveFeatureRegularizer(nn.Module):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         _checks.check_feature_map(features, "features", self.in_channels)
-        loss, self.last_num_anchors = _regularizer(
-            features,
-            mask,
-            labels,
-            temperature=self.temperature,
-            projection=self.projection,
-            valid=valid,
-            variant=self.variant,
-            min_area=self.min_area,
-            reduction=self.reduction,
-            gather=self.gather,
-            chunk_size=self.chunk_size,
+        loss, self.last_num_anchors = regularize(
+            self.config, features, mask, labels, valid=valid, projection=self.projection
         )
         return loss
 
     def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, temperature={self.temperature}, "
-            f"variant={self.variant!r}, min_area={self.min_area}, reduction={self.reduction!r}, "
-            f"gather={self.gather}"
-        )
+        return f"in_channels={self.in_channels}, {super().extra_repr()}"
