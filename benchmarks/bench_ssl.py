@@ -55,7 +55,9 @@ def render(seed: int, indices: range, size: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels)
 
 
-def pretrain(images: torch.Tensor, args: argparse.Namespace, seed: int) -> tuple[Backbone, list[float]]:
+def pretrain(
+    images: torch.Tensor, args: argparse.Namespace, seed: int
+) -> tuple[Backbone, list[float]]:
     """SimCLR on ``images``; returns the backbone and the mean NT-Xent of each epoch."""
     torch.manual_seed(seed)
     net = PretrainNet(Backbone(args.arch, width=args.width), args.ssl_dim)
@@ -102,20 +104,28 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     train, _ = render(seed, range(args.train_images), args.image_size)
     probe_labels = torch.tensor(phantom_labels(args.train_images, seed=seed))
-    test, test_labels = render(seed, range(TEST_OFFSET, TEST_OFFSET + args.test_images), args.image_size)
+    test, test_labels = render(
+        seed, range(TEST_OFFSET, TEST_OFFSET + args.test_images), args.image_size
+    )
     rendered = time.perf_counter()
     probe_train, probe_y = train[: args.probe_images], probe_labels[: args.probe_images]
     result: dict[str, Any] = {"seed": seed, "render_s": rendered - start}
     for resolution in (8, 16):
         result[f"pixels{resolution}"] = probes(
-            pixel_features(probe_train, resolution), probe_y,
-            pixel_features(test, resolution), test_labels,
+            pixel_features(probe_train, resolution),
+            probe_y,
+            pixel_features(test, resolution),
+            test_labels,
         )
     torch.manual_seed(seed)
     random_net = Backbone(args.arch, width=args.width)
-    result["random"] = probes(embed(random_net, probe_train), probe_y, embed(random_net, test), test_labels)
+    result["random"] = probes(
+        embed(random_net, probe_train), probe_y, embed(random_net, test), test_labels
+    )
     backbone, history = pretrain(train, args, seed)
-    result["ssl"] = probes(embed(backbone, probe_train), probe_y, embed(backbone, test), test_labels)
+    result["ssl"] = probes(
+        embed(backbone, probe_train), probe_y, embed(backbone, test), test_labels
+    )
     result["loss"] = history
     result["chance"] = math.log(2 * args.batch_size - 1)
     result["train_s"] = time.perf_counter() - rendered
@@ -129,17 +139,33 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    rows = ["| seed | NT-Xent first → last epoch (chance) | features | kNN macro-F1 | kNN acc | linear macro-F1 | linear acc |",
-            "|---|---|---|---|---|---|---|"]
-    names = {"ssl": "SSL backbone", "random": "random init", "pixels8": "pixels 8×8", "pixels16": "pixels 16×16"}
+    rows = [
+        "| seed | NT-Xent first → last epoch (chance) | features | kNN macro-F1 | kNN acc | linear macro-F1 | linear acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "ssl": "SSL backbone",
+        "random": "random init",
+        "pixels8": "pixels 8×8",
+        "pixels16": "pixels 16×16",
+    }
     for r in results:
         loss = f"{r['loss'][0]:.3f} → {r['loss'][-1]:.3f} ({r['chance']:.3f})"
         for key, name in names.items():
             p = r[key]
-            rows.append(f"| {r['seed']} | {loss if key == 'ssl' else ''} | {name} | {p['knn_f1']:.3f} | {p['knn_acc']:.3f} | {p['lin_f1']:.3f} | {p['lin_acc']:.3f} |")
-    rows += ["", "| features | kNN macro-F1 | kNN acc | linear macro-F1 | linear acc |", "|---|---|---|---|---|"]
+            rows.append(
+                f"| {r['seed']} | {loss if key == 'ssl' else ''} | {name} | {p['knn_f1']:.3f} | {p['knn_acc']:.3f} | {p['lin_f1']:.3f} | {p['lin_acc']:.3f} |"
+            )
+    rows += [
+        "",
+        "| features | kNN macro-F1 | kNN acc | linear macro-F1 | linear acc |",
+        "|---|---|---|---|---|",
+    ]
     for key, name in names.items():
-        cells = [mean_std([r[key][m] for r in results]) for m in ("knn_f1", "knn_acc", "lin_f1", "lin_acc")]
+        cells = [
+            mean_std([r[key][m] for r in results])
+            for m in ("knn_f1", "knn_acc", "lin_f1", "lin_acc")
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     last = [r["loss"][-1] for r in results]
     rows.append("")
@@ -175,11 +201,18 @@ def main() -> None:
     for seed in args.seeds:
         results.append(run_seed(seed, args))
         r = results[-1]
-        print(f"seed {seed}: render {r['render_s']:.0f} s, train+probe {r['train_s']:.0f} s, "
-              f"loss {' '.join(f'{x:.3f}' for x in r['loss'])}", flush=True)
+        print(
+            f"seed {seed}: render {r['render_s']:.0f} s, train+probe {r['train_s']:.0f} s, "
+            f"loss {' '.join(f'{x:.3f}' for x in r['loss'])}",
+            flush=True,
+        )
     print(report(results))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

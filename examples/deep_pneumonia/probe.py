@@ -53,7 +53,9 @@ def scores(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
     return {
         "accuracy": float((truth == guess).mean()),
         "macro_f1": float(
-            f1_score(truth, guess, labels=list(range(num_classes)), average="macro", zero_division=0)
+            f1_score(
+                truth, guess, labels=list(range(num_classes)), average="macro", zero_division=0
+            )
         ),
     }
 
@@ -245,7 +247,5 @@ def pixel_features(images: torch.Tensor, resolution: int = 8) -> torch.Tensor:
     if images.ndim != 4:
         raise ValueError(f"images must be [N, C, S, S], got shape {tuple(images.shape)}")
     if not 1 <= resolution <= min(images.shape[-2:]):
-        raise ValueError(
-            f"resolution must lie in [1, {min(images.shape[-2:])}], got {resolution}"
-        )
+        raise ValueError(f"resolution must lie in [1, {min(images.shape[-2:])}], got {resolution}")
     return F.adaptive_avg_pool2d(images.float(), resolution).flatten(1)

@@ -15,7 +15,9 @@ import torch
 __all__ = ["warmup_cosine", "warmup_cosine_scheduler"]
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, final_scale: float = 0.0) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, final_scale: float = 0.0
+) -> float:
     """The learning-rate factor at ``step`` (0-based).
 
     .. math::
