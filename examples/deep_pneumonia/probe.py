@@ -28,7 +28,16 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-__all__ = ["embed", "knn_predict", "knn_probe", "linear_probe", "pixel_features", "scores"]
+__all__ = [
+    "embed",
+    "knn_predict",
+    "knn_probe",
+    "linear_probe",
+    "pixel_features",
+    "probe_backbone",
+    "probe_features",
+    "scores",
+]
 
 
 def _check_split(features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
@@ -249,3 +258,69 @@ def pixel_features(images: torch.Tensor, resolution: int = 8) -> torch.Tensor:
     if not 1 <= resolution <= min(images.shape[-2:]):
         raise ValueError(f"resolution must lie in [1, {min(images.shape[-2:])}], got {resolution}")
     return F.adaptive_avg_pool2d(images.float(), resolution).flatten(1)
+
+
+def probe_features(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.1,
+    linear: bool = True,
+) -> dict[str, float]:
+    """Both probes on the same features: ``knn_macro_f1``, ``knn_accuracy`` and, with
+    ``linear``, ``linear_macro_f1``, ``linear_accuracy``.
+
+    Raises:
+        ValueError: as :func:`knn_probe` and :func:`linear_probe`.
+
+    Examples:
+        >>> feats = torch.tensor([[0.0, 1.0], [0.1, 1.0], [1.0, 0.0], [1.0, 0.1]])
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> probe_features(feats, labels, feats, labels, num_classes=2, k=1)["knn_accuracy"]
+        1.0
+    """
+    knn = knn_probe(
+        train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes=num_classes
+    )
+    result = {f"knn_{name}": value for name, value in knn.items()}
+    if linear:
+        fitted = linear_probe(
+            train_feats, train_labels, test_feats, test_labels, num_classes=num_classes
+        )
+        result.update({f"linear_{name}": value for name, value in fitted.items()})
+    return result
+
+
+def probe_backbone(
+    backbone: nn.Module,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.1,
+    linear: bool = True,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """:func:`probe_features` on the frozen pooled features (:func:`embed`) of two image
+    splits ``[N, 1, S, S]`` and ``[M, 1, S, S]``: what a pre-training monitor logs per epoch.
+
+    Raises:
+        ValueError: as :func:`probe_features`.
+    """
+    return probe_features(
+        embed(backbone, train_images, batch_size=batch_size),
+        train_labels,
+        embed(backbone, test_images, batch_size=batch_size),
+        test_labels,
+        num_classes=num_classes,
+        k=k,
+        temperature=temperature,
+        linear=linear,
+    )
