@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet10")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--ssl-dim", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--warmup-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)

@@ -20,6 +20,8 @@ from examples.deep_pneumonia.probe import (
     knn_probe,
     linear_probe,
     pixel_features,
+    probe_backbone,
+    probe_features,
     scores,
 )
 from examples.deep_pneumonia.schedule import warmup_cosine, warmup_cosine_scheduler
@@ -147,6 +149,28 @@ def test_embed_is_frozen_eval_mode_and_restores_training() -> None:
     backbone.eval()
     with torch.no_grad():
         torch.testing.assert_close(features, backbone(images))
+
+
+def test_probe_backbone_is_both_probes_on_frozen_features() -> None:
+    torch.manual_seed(0)
+    backbone = Backbone("resnet10", width=4)
+    images, labels = torch.rand(24, 1, 32, 32), torch.arange(24) % 3
+    got = probe_backbone(
+        backbone, images[:12], labels[:12], images[12:], labels[12:], num_classes=3, k=5
+    )
+    feats = embed(backbone, images)
+    knn = knn_probe(feats[:12], labels[:12], feats[12:], labels[12:], k=5, num_classes=3)
+    linear = linear_probe(feats[:12], labels[:12], feats[12:], labels[12:], num_classes=3)
+    assert got == {
+        "knn_macro_f1": knn["macro_f1"],
+        "knn_accuracy": knn["accuracy"],
+        "linear_macro_f1": linear["macro_f1"],
+        "linear_accuracy": linear["accuracy"],
+    }
+    only_knn = probe_features(
+        feats[:12], labels[:12], feats[12:], labels[12:], num_classes=3, k=5, linear=False
+    )
+    assert set(only_knn) == {"knn_macro_f1", "knn_accuracy"}
 
 
 # ---------------------------------------------------------------- schedule
