@@ -3,15 +3,21 @@
 Each image is a frontal (PA) radiograph drawn from a handful of analytic shapes: a
 soft-tissue thorax, two lung fields (dark, with vascular markings denser near the
 hila), the mediastinum and spine, the heart overlapping the left lung (on the image's
-right, as a radiologist reads a PA film), posterior ribs and clavicles, exposure
-variation and quantum noise. Classes differ by the lesion drawn inside the lungs:
+right, as a radiologist reads a PA film), posterior ribs and clavicles, and quantum
+noise. What varies from image to image besides the disease, as between real films:
+patient size, breadth, position and rotation; rib and vessel contrast; exposure and
+post-processing (gain, offset, gamma); the noise level. A linear model on a few raw
+pixels is therefore a weak classifier, and features invariant to these nuisances
+(what SimCLR's augmentations teach) are worth learning. Classes differ by the lesion
+drawn inside the lungs, by its texture as much as by its density:
 
 * ``normal``: no lesion (an annotated, empty mask);
-* ``bacterial``: lobar consolidation, a dense, fairly homogeneous opacity filling part
-  of one lobe, sharply bounded by the fissure;
+* ``bacterial``: lobar consolidation, a dense, mottled opacity with air bronchograms
+  (dark branching airways) filling part of one lobe, sharply bounded by the fissure;
 * ``viral``: a diffuse interstitial pattern, a reticular (net-like) opacity, bilateral
   and perihilar;
-* ``covid19``: peripheral, bilateral, lower-zone ground-glass opacity, hazy and faint.
+* ``covid19``: peripheral, bilateral, lower-zone ground-glass opacity, hazy, faint and
+  finely mottled.
 
 The lesion mask marks the pixels of the visible lung fields (the heart excluded) where
 the lesion's extent weight, before density and texture, is at least 0.5. The classes
