@@ -211,7 +211,7 @@ def linear_probe(
     _check_split(test_feats, test_labels, "test")
     if C <= 0:
         raise ValueError(f"C must be > 0, got {C}")
-    if train_labels.unique().numel() < 2:
+    if torch.unique(train_labels).numel() < 2:
         raise ValueError("train_labels must hold at least two classes for a linear probe")
     classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     scaler = StandardScaler().fit(train_feats.double().cpu().numpy())
@@ -230,7 +230,7 @@ def embed(
     The backbone runs in evaluation mode (batch-norm running statistics) without
     gradients; its training mode is restored afterwards.
     """
-    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    batches = torch.split(images, batch_size) if isinstance(images, torch.Tensor) else images
     was_training = backbone.training
     backbone.eval()
     try:
