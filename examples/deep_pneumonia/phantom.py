@@ -3,15 +3,21 @@
 Each image is a frontal (PA) radiograph drawn from a handful of analytic shapes: a
 soft-tissue thorax, two lung fields (dark, with vascular markings denser near the
 hila), the mediastinum and spine, the heart overlapping the left lung (on the image's
-right, as a radiologist reads a PA film), posterior ribs and clavicles, exposure
-variation and quantum noise. Classes differ by the lesion drawn inside the lungs:
+right, as a radiologist reads a PA film), posterior ribs and clavicles, and quantum
+noise. What varies from image to image besides the disease, as between real films:
+patient size, breadth, position and rotation; rib and vessel contrast; exposure and
+post-processing (gain, offset, gamma); the noise level. A linear model on a few raw
+pixels is therefore a weak classifier, and features invariant to these nuisances
+(what SimCLR's augmentations teach) are worth learning. Classes differ by the lesion
+drawn inside the lungs, by its texture as much as by its density:
 
 * ``normal``: no lesion (an annotated, empty mask);
-* ``bacterial``: lobar consolidation, a dense, fairly homogeneous opacity filling part
-  of one lobe, sharply bounded by the fissure;
+* ``bacterial``: lobar consolidation, a dense, mottled opacity with air bronchograms
+  (dark branching airways) filling part of one lobe, sharply bounded by the fissure;
 * ``viral``: a diffuse interstitial pattern, a reticular (net-like) opacity, bilateral
   and perihilar;
-* ``covid19``: peripheral, bilateral, lower-zone ground-glass opacity, hazy and faint.
+* ``covid19``: peripheral, bilateral, lower-zone ground-glass opacity, hazy, faint and
+  finely mottled.
 
 The lesion mask marks the pixels of the visible lung fields (the heart excluded) where
 the lesion's extent weight, before density and texture, is at least 0.5. The classes
@@ -282,11 +288,12 @@ def render_radiograph(
     u = rng.uniform
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     gy, gx = np.meshgrid(axis, axis, indexing="ij")
-    # Patient position: small rotation, scale and shift of the anatomy.
-    angle, scale = math.radians(u(-3.0, 3.0)), u(0.93, 1.04)
+    # Patient size and position: rotation, scale (habitus, distance to the detector),
+    # shift and a wider or narrower chest.
+    angle, scale, breadth = math.radians(u(-6.0, 6.0)), u(0.84, 1.08), u(0.92, 1.08)
     cos, sin = math.cos(angle), math.sin(angle)
-    x = (cos * gx + sin * gy) / scale + u(-0.04, 0.04)
-    y = (-sin * gx + cos * gy) / scale + u(-0.04, 0.04)
+    x = (cos * gx + sin * gy) / (scale * breadth) + u(-0.1, 0.1)
+    y = (-sin * gx + cos * gy) / scale + u(-0.1, 0.08)
     x_abs = np.abs(x)
 
     body_x, body_y = x / 0.92, (y - 0.25) / 1.15
@@ -299,7 +306,7 @@ def render_radiograph(
     # Vascular markings: fine branching ridges, denser near the hila.
     hilar_distance = np.sqrt((x_abs - 0.2) ** 2 + (y + 0.02) ** 2)
     ridges = np.exp(-((_smooth_noise(rng, size, max(4, size // 10)) / 0.3) ** 2))
-    vessels = lungs.soft * np.exp(-hilar_distance / 0.3) * (0.07 * ridges + 0.08)
+    vessels = lungs.soft * np.exp(-hilar_distance / u(0.25, 0.4)) * (u(0.04, 0.1) * ridges + 0.08)
 
     # Mediastinum (with the dark trachea above the hila), the spine faint behind it,
     # the heart low and to the image's right.
@@ -320,7 +327,7 @@ def render_radiograph(
     ribs *= _band(x_abs - 0.47, 0.4, 0.03) * (0.3 + 0.7 * lungs.soft)
     clavicles = _band(y + 0.72 + 0.14 * x_abs - 0.2 * x * x, 0.035, 0.01)
     clavicles *= _band(x_abs - 0.35, 0.3, 0.03)
-    bones = 0.075 * ribs + 0.12 * clavicles + 0.06 * spine
+    bones = u(0.04, 0.11) * ribs + 0.12 * clavicles + 0.06 * spine
 
     lesion_rng = np.random.default_rng([seed, index, 2])
     lesion_weight, lesion_density = _lesion(label, lesion_rng, size, lungs)
@@ -333,9 +340,10 @@ def render_radiograph(
         + lungs.soft * lesion_density
     )
 
-    # Exposure (window, gamma) and quantum noise.
-    image = np.clip(density * u(0.95, 1.15) + u(0.02, 0.08), 0.0, 1.0) ** u(0.85, 1.2)
-    image = image + noise * rng.standard_normal((size, size), dtype=np.float32)
+    # Exposure and post-processing (gain, offset, gamma) and quantum noise, all per image.
+    gain, offset, gamma = u(0.8, 1.15), u(-0.06, 0.06), math.exp(u(-0.3, 0.3))
+    image = np.clip(density * gain + offset, 0.0, 1.0) ** gamma
+    image = image + noise * u(0.5, 1.5) * rng.standard_normal((size, size), dtype=np.float32)
     if marker_corner >= 0:
         _draw_marker(image, marker_corner, np.random.default_rng([seed, index, 1]))
     return PhantomRadiograph(
@@ -363,27 +371,30 @@ def _lesion(
         lobe = _sigmoid(edge if u() < 0.6 else -edge)
         patch = _sigmoid(1.5 + 1.5 * _smooth_noise(rng, size, 3))
         weight = inside * lobe * patch * on_side
-        texture = 1.0 + 0.15 * _smooth_noise(rng, size, max(4, size // 12))
-        return weight, u(0.16, 0.28) * weight * texture
+        # Mottled, with air bronchograms: dark branching airways inside the opacity.
+        mottle = 0.25 * _smooth_noise(rng, size, max(4, size // 8))
+        bronchi = np.exp(-((_smooth_noise(rng, size, max(4, size // 8)) / 0.25) ** 2))
+        return weight, u(0.13, 0.24) * weight * (1.0 + mottle - 0.6 * bronchi)
     if label == VIRAL:
         # Bilateral and perihilar: strongest beside the mediastinum, mid zone.
         spread = u(0.6, 0.9)
         perihilar = np.exp(-(((lungs.lateral + 0.6) / spread) ** 2 + (lungs.v / 0.6) ** 2))
         weight = inside * np.clip(1.5 * perihilar, 0.0, 1.0)
-        cells = max(4, size // 8)
+        cells = max(5, size // 6)
         net = np.maximum(
             np.exp(-((_smooth_noise(rng, size, cells) / 0.35) ** 2)),
             np.exp(-((_smooth_noise(rng, size, cells) / 0.35) ** 2)),
         )
-        return weight, weight * (u(0.04, 0.07) + u(0.1, 0.16) * net)
+        return weight, weight * (u(0.02, 0.04) + u(0.14, 0.2) * net)
     # COVID-19: peripheral (along the chest wall), lower zone, bilateral, hazy.
     peripheral = _sigmoid((lungs.radius - u(0.5, 0.62)) / 0.06)
     peripheral *= _sigmoid((lungs.lateral + 0.2) / 0.1)
     lower = _sigmoid((lungs.v - u(-0.2, 0.1)) / 0.12)
     patch = _sigmoid(1.5 + 1.2 * _smooth_noise(rng, size, 4))
     weight = inside * peripheral * lower * patch
-    haze = 1.0 + 0.1 * _smooth_noise(rng, size, max(4, size // 10))
-    return weight, u(0.08, 0.13) * weight * haze
+    # Ground glass: a faint haze, mottled at a fine scale.
+    haze = 1.0 + 0.35 * _smooth_noise(rng, size, max(5, size // 6))
+    return weight, u(0.07, 0.11) * weight * haze
 
 
 def _draw_marker(image: np.ndarray, corner: int, rng: np.random.Generator) -> None:
