@@ -11,6 +11,9 @@ to do, the same policy for every loss of this family:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from .. import _checks
@@ -18,10 +21,12 @@ from .class_balanced import Counts, check_counts
 
 __all__ = [
     "PRIOR_ZERO_COUNTS",
+    "PriorConfig",
     "check_zero_count",
     "class_log_prior",
     "counts_without_zeros",
     "log_prior",
+    "without_zeros",
 ]
 
 PRIOR_ZERO_COUNTS = ("error", "as_one")
@@ -32,13 +37,56 @@ def check_zero_count(zero_count: str) -> str:
     return _checks.check_choice(zero_count, "zero_count", PRIOR_ZERO_COUNTS)
 
 
+@dataclass(frozen=True)
+class PriorConfig:
+    """The validated ``zero_count`` policy shared by the losses built on the class prior.
+
+    Subclasses add their own hyper-parameters; ``quantity`` names what a zero
+    count makes infinite, for the message.
+
+    Raises:
+        ValueError: ``zero_count`` other than ``"error"`` or ``"as_one"``.
+    """
+
+    zero_count: str = "error"
+
+    quantity: ClassVar[str] = "log prior"
+
+    def __post_init__(self) -> None:
+        check_zero_count(self.zero_count)
+
+    def check_counts(
+        self,
+        counts: Counts,
+        num_classes: int | None = None,
+        *,
+        source: str = "num_classes",
+        checks: _checks.ValueChecks | None = None,
+    ) -> torch.Tensor:
+        """Validated float64 ``[C]`` counts (zeros kept; an error for one under ``"error"``).
+
+        The value checks join ``checks`` when given (run by the caller), else run at once.
+        """
+        return check_counts(
+            counts,
+            num_classes,
+            source=source,
+            zero_count=self.zero_count,
+            empty_class=(
+                f"their {self.quantity} is infinite. Pass zero_count='as_one' to count such "
+                f"a class as if it had one sample"
+            ),
+            checks=checks,
+        )
+
+
+def without_zeros(counts: torch.Tensor) -> torch.Tensor:
+    """Validated counts with every zero counted as one sample (``zero_count="as_one"``)."""
+    return torch.where(counts == 0, torch.ones_like(counts), counts)
+
+
 def counts_without_zeros(
-    counts: Counts,
-    num_classes: int | None = None,
-    *,
-    zero_count: str = "error",
-    source: str = "num_classes",
-    quantity: str = "log prior",
+    counts: Counts, num_classes: int | None = None, *, zero_count: str = "error"
 ) -> torch.Tensor:
     """Validated float64 ``[C]`` counts with the ``zero_count`` policy applied.
 
@@ -46,8 +94,6 @@ def counts_without_zeros(
         counts: ``[C]`` non-negative whole numbers of samples per class.
         num_classes: ``C`` when known (the counts must agree).
         zero_count: ``"error"`` or ``"as_one"``.
-        source: Where ``num_classes`` comes from, for the message.
-        quantity: What is infinite for a zero count, for the message.
 
     Returns:
         ``[C]`` float64 counts, every entry ``>= 1``.
@@ -56,16 +102,7 @@ def counts_without_zeros(
         TypeError: ``counts`` not a tensor, array or sequence of numbers.
         ValueError: Bad counts; a zero count with ``zero_count="error"``.
     """
-    check_zero_count(zero_count)
-    checked = check_counts(counts, num_classes, source=source)
-    zero = checked == 0
-    if zero_count == "error" and not torch.compiler.is_compiling() and bool(zero.any()):
-        missing = zero.nonzero().flatten()[:5].tolist()
-        raise ValueError(
-            f"counts has no sample of class(es) {missing}: their {quantity} is infinite. "
-            f"Pass zero_count='as_one' to count such a class as if it had one sample"
-        )
-    return torch.where(zero, torch.ones_like(checked), checked)
+    return without_zeros(PriorConfig(zero_count).check_counts(counts, num_classes))
 
 
 def log_prior(positive: torch.Tensor) -> torch.Tensor:
