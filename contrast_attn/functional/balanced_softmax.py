@@ -18,10 +18,9 @@ from .cross_entropy import (
     AdjustedCrossEntropyConfig,
     ClassWeight,
     adjusted_cross_entropy,
-    check_inputs,
 )
 
-__all__ = ["BalancedSoftmaxConfig", "balanced_softmax", "balanced_softmax_loss"]
+__all__ = ["BalancedSoftmaxConfig", "balanced_softmax_loss"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,10 @@ class BalancedSoftmaxConfig(AdjustedCrossEntropyConfig):
         TypeError: ``ignore_index`` not an int.
         ValueError: An unknown ``reduction`` or ``zero_count``.
     """
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`x_{ic} + \\log n_c`."""
+        return x + without_zeros(counts).log().to(x.dtype)
 
 
 def balanced_softmax_loss(
@@ -96,22 +99,5 @@ def balanced_softmax_loss(
         >>> torch.allclose(loss, logit_adjusted_loss(logits, target, [900, 90, 10], tau=1.0))
         True
     """
-    config = BalancedSoftmaxConfig(
-        zero_count=zero_count, reduction=reduction, ignore_index=ignore_index
-    )
-    return balanced_softmax(config, logits, target, counts, weight)
-
-
-def balanced_softmax(
-    config: BalancedSoftmaxConfig,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    counts: Counts,
-    weight: ClassWeight = None,
-) -> torch.Tensor:
-    """:func:`balanced_softmax_loss` with validated hyper-parameters (what the module calls)."""
-    checked = check_inputs(config, logits, target, counts, weight)
-    log_counts = without_zeros(checked.counts).log().to(logits.device)
-    return adjusted_cross_entropy(
-        config, logits, target, checked.weight, lambda x, _: x + log_counts.to(x.dtype)
-    )
+    config = BalancedSoftmaxConfig(zero_count, reduction, ignore_index)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)

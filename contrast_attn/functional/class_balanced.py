@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from .._reduction import reduce_loss
 
 __all__ = [
     "ClassBalancedConfig",
+    "CountsPolicy",
     "check_counts",
     "class_balanced",
     "class_balanced_loss",
@@ -103,6 +104,34 @@ def check_counts(
     if checks is None:
         value_checks.run()
     return counts
+
+
+class CountsPolicy:
+    """The ``zero_count`` rule of a hyper-parameter record, for the counts it is used with.
+
+    ``empty_class`` says why a class without samples fails under ``"error"``.
+    """
+
+    zero_count: str
+    empty_class: ClassVar[str] = EMPTY_CLASS
+
+    def check_counts(
+        self,
+        counts: Counts,
+        num_classes: int | None = None,
+        *,
+        source: str = "num_classes",
+        checks: _checks.ValueChecks | None = None,
+    ) -> torch.Tensor:
+        """Validated float64 ``[C]`` counts under ``zero_count`` (see :func:`check_counts`)."""
+        return check_counts(
+            counts,
+            num_classes,
+            source=source,
+            zero_count=self.zero_count,
+            empty_class=self.empty_class,
+            checks=checks,
+        )
 
 
 def _counts_message(counts: torch.Tensor, zero_count: str | None, empty_class: str) -> str:
@@ -239,7 +268,7 @@ def class_balanced_weights(
 
 
 @dataclass(frozen=True)
-class ClassBalancedConfig:
+class ClassBalancedConfig(CountsPolicy):
     """The validated hyper-parameters of :func:`class_balanced_loss` (see there for each).
 
     Raises:
@@ -272,19 +301,6 @@ class ClassBalancedConfig:
                 f"label_smoothing is only defined for loss_type='softmax', got "
                 f"label_smoothing={smoothing} with loss_type={self.loss_type!r}"
             )
-
-    def check_counts(
-        self,
-        counts: Counts,
-        num_classes: int | None = None,
-        *,
-        source: str = "num_classes",
-        checks: _checks.ValueChecks | None = None,
-    ) -> torch.Tensor:
-        """Validated float64 ``[C]`` counts under this record's ``zero_count`` (see :func:`check_counts`)."""
-        return check_counts(
-            counts, num_classes, source=source, zero_count=self.zero_count, checks=checks
-        )
 
 
 def _check_target(

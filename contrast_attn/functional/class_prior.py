@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from .. import _checks
-from .class_balanced import Counts, check_counts
+from .class_balanced import Counts, CountsPolicy
 
 __all__ = [
     "PRIOR_ZERO_COUNTS",
@@ -27,6 +27,7 @@ __all__ = [
     "counts_without_zeros",
     "log_prior",
     "without_zeros",
+    "zero_count_message",
 ]
 
 PRIOR_ZERO_COUNTS = ("error", "as_one")
@@ -37,12 +38,20 @@ def check_zero_count(zero_count: str) -> str:
     return _checks.check_choice(zero_count, "zero_count", PRIOR_ZERO_COUNTS)
 
 
+def zero_count_message(quantity: str) -> str:
+    """Why a class without samples fails under ``zero_count="error"``, for the message."""
+    return (
+        f"their {quantity} is infinite. Pass zero_count='as_one' to count such a class as "
+        f"if it had one sample"
+    )
+
+
 @dataclass(frozen=True)
-class PriorConfig:
+class PriorConfig(CountsPolicy):
     """The validated ``zero_count`` policy shared by the losses built on the class prior.
 
-    Subclasses add their own hyper-parameters; ``quantity`` names what a zero
-    count makes infinite, for the message.
+    Subclasses add their own hyper-parameters (and ``empty_class``, the message
+    for a class without samples).
 
     Raises:
         ValueError: ``zero_count`` other than ``"error"`` or ``"as_one"``.
@@ -50,34 +59,10 @@ class PriorConfig:
 
     zero_count: str = "error"
 
-    quantity: ClassVar[str] = "log prior"
+    empty_class: ClassVar[str] = zero_count_message("log prior")
 
     def __post_init__(self) -> None:
         check_zero_count(self.zero_count)
-
-    def check_counts(
-        self,
-        counts: Counts,
-        num_classes: int | None = None,
-        *,
-        source: str = "num_classes",
-        checks: _checks.ValueChecks | None = None,
-    ) -> torch.Tensor:
-        """Validated float64 ``[C]`` counts (zeros kept; an error for one under ``"error"``).
-
-        The value checks join ``checks`` when given (run by the caller), else run at once.
-        """
-        return check_counts(
-            counts,
-            num_classes,
-            source=source,
-            zero_count=self.zero_count,
-            empty_class=(
-                f"their {self.quantity} is infinite. Pass zero_count='as_one' to count such "
-                f"a class as if it had one sample"
-            ),
-            checks=checks,
-        )
 
 
 def without_zeros(counts: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ and the checks of their inputs are one call (:func:`check_inputs`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
@@ -57,6 +57,14 @@ class AdjustedCrossEntropyConfig(PriorConfig):
         super().__post_init__()
         _checks.check_reduction(self.reduction)
         _checks.check_int(self.ignore_index, "ignore_index")
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The loss's change of the logits ``x [B, C]`` (here none: the plain cross-entropy).
+
+        ``index`` ``[B]`` is the target with ignored entries set to 0, ``counts``
+        ``[C]`` the validated float64 counts on the device of ``x``.
+        """
+        return x
 
 
 class CheckedInputs(NamedTuple):
@@ -144,23 +152,29 @@ def adjusted_cross_entropy(
     config: AdjustedCrossEntropyConfig,
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    adjust: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    counts: Counts,
+    weight: ClassWeight = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy of ``adjust(x, index)``, see the module.
+    """Softmax cross-entropy of ``config.adjust`` of the logits, see the module.
+
+    What every adjusted loss's function and module call with their record. The
+    logits are upcast to float32 (float64 stays float64) outside autocast before
+    ``config.adjust``.
 
     Args:
-        config: The validated hyper-parameters (``reduction``, ``ignore_index``).
-        logits: ``[B, C]`` validated logits; upcast to float32 (float64 stays float64)
-            outside autocast before ``adjust``.
-        target: ``[B]`` validated class indices (``ignore_index`` allowed).
-        weight: ``[C]`` validated class weights, or ``None`` for all ones.
-        adjust: ``(x [B, C], index [B]) -> z [B, C]``, the loss's change of the
-            upcast logits; ``index`` is the target with ignored entries set to 0.
+        config: The validated hyper-parameters, with the loss's ``adjust``.
+        logits: ``[B, C]`` unnormalised scores.
+        target: ``[B]`` class indices (``ignore_index`` allowed).
+        counts: ``[C]`` training samples per class.
+        weight: Optional ``[C]`` class weights (all ones when ``None``).
 
     Returns:
         The reduced loss (``[B]`` for ``"none"``, 0 for ignored samples).
+
+    Raises:
+        As :func:`check_inputs`.
     """
+    checked = check_inputs(config, logits, target, counts, weight)
     dtype = compute_dtype(logits)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         x = logits.to(dtype)
@@ -168,10 +182,10 @@ def adjusted_cross_entropy(
         valid = target != config.ignore_index
         # int32/uint8 indices are valid targets; gather wants int64.
         index = torch.where(valid, target, 0).long()
-        z = adjust(x, index)
+        z = config.adjust(x, index, checked.counts.to(x.device))
         nll = -z.log_softmax(dim=1).gather(1, index[:, None]).squeeze(1)
-        if weight is None:
+        if checked.weight is None:
             alpha = valid.to(dtype)
         else:
-            alpha = weight.to(device=x.device, dtype=dtype)[index] * valid
+            alpha = checked.weight.to(device=x.device, dtype=dtype)[index] * valid
         return reduce_loss(alpha * nll, config.reduction, alpha.sum())

@@ -15,15 +15,14 @@ import torch
 
 from .. import _checks
 from .class_balanced import Counts
-from .class_prior import without_zeros
+from .class_prior import without_zeros, zero_count_message
 from .cross_entropy import (
     AdjustedCrossEntropyConfig,
     ClassWeight,
     adjusted_cross_entropy,
-    check_inputs,
 )
 
-__all__ = ["LDAMConfig", "class_margins", "ldam", "ldam_loss", "ldam_margins"]
+__all__ = ["LDAMConfig", "class_margins", "ldam_loss", "ldam_margins"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class LDAMConfig(AdjustedCrossEntropyConfig):
     max_margin: float = 0.5
     scale: float = 30.0
 
-    quantity: ClassVar[str] = "LDAM margin"
+    empty_class: ClassVar[str] = zero_count_message("LDAM margin")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +46,14 @@ class LDAMConfig(AdjustedCrossEntropyConfig):
         object.__setattr__(self, "max_margin", max_margin)
         scale = _checks.check_float(self.scale, "scale", low=0.0, low_inclusive=False)
         object.__setattr__(self, "scale", scale)
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`s\\,(x_{ic} - \\Delta_{y_i} [c = y_i])`."""
+        # The one-hot by comparison: F.one_hot reads the index range back to the host.
+        classes = torch.arange(x.shape[1], device=x.device)
+        at_target = (index[:, None] == classes).to(x.dtype)
+        margins = class_margins(self, counts).to(x.dtype)
+        return self.scale * (x - margins[index][:, None] * at_target)
 
 
 def class_margins(config: LDAMConfig, counts: torch.Tensor) -> torch.Tensor:
@@ -168,31 +175,5 @@ def ldam_loss(
         >>> torch.allclose(plain, F.cross_entropy(cosine, target))
         True
     """
-    config = LDAMConfig(
-        zero_count=zero_count,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        max_margin=max_margin,
-        scale=scale,
-    )
-    return ldam(config, logits, target, counts, weight)
-
-
-def ldam(
-    config: LDAMConfig,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    counts: Counts,
-    weight: ClassWeight = None,
-) -> torch.Tensor:
-    """:func:`ldam_loss` with validated hyper-parameters (what the module calls)."""
-    checked = check_inputs(config, logits, target, counts, weight)
-    margins = class_margins(config, checked.counts).to(logits.device)
-    classes = torch.arange(logits.shape[1], device=logits.device)
-
-    def adjust(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # The one-hot by comparison: F.one_hot reads the index range back to the host.
-        at_target = (index[:, None] == classes).to(x.dtype)
-        return config.scale * (x - margins.to(x.dtype)[index][:, None] * at_target)
-
-    return adjusted_cross_entropy(config, logits, target, checked.weight, adjust)
+    config = LDAMConfig(zero_count, reduction, ignore_index, max_margin, scale)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)

@@ -22,14 +22,12 @@ from .cross_entropy import (
     AdjustedCrossEntropyConfig,
     ClassWeight,
     adjusted_cross_entropy,
-    check_inputs,
     check_logits,
 )
 
 __all__ = [
     "LogitAdjustedConfig",
     "PostHocAdjustmentConfig",
-    "logit_adjusted",
     "logit_adjusted_loss",
     "post_hoc_adjustment",
     "post_hoc_logit_adjustment",
@@ -54,6 +52,10 @@ class LogitAdjustedConfig(AdjustedCrossEntropyConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "tau", _check_tau(self.tau))
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`x_{ic} + \\tau \\log \\pi_c`."""
+        return x + (self.tau * log_prior(without_zeros(counts))).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -141,25 +143,8 @@ def logit_adjusted_loss(
         >>> torch.allclose(plain, F.cross_entropy(logits, target))
         True
     """
-    config = LogitAdjustedConfig(
-        zero_count=zero_count, reduction=reduction, ignore_index=ignore_index, tau=tau
-    )
-    return logit_adjusted(config, logits, target, counts, weight)
-
-
-def logit_adjusted(
-    config: LogitAdjustedConfig,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    counts: Counts,
-    weight: ClassWeight = None,
-) -> torch.Tensor:
-    """:func:`logit_adjusted_loss` with validated hyper-parameters (what the module calls)."""
-    checked = check_inputs(config, logits, target, counts, weight)
-    shift = config.tau * log_prior(without_zeros(checked.counts)).to(logits.device)
-    return adjusted_cross_entropy(
-        config, logits, target, checked.weight, lambda x, _: x + shift.to(x.dtype)
-    )
+    config = LogitAdjustedConfig(zero_count, reduction, ignore_index, tau)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)
 
 
 def post_hoc_logit_adjustment(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..functional.balanced_softmax import BalancedSoftmaxConfig, balanced_softmax
+from ..functional.balanced_softmax import BalancedSoftmaxConfig
 from ..functional.class_balanced import Counts
-from ..functional.cross_entropy import ClassWeight
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
 from .counts import ClassCountsModule
 
 __all__ = ["BalancedSoftmaxLoss"]
@@ -64,12 +64,10 @@ class BalancedSoftmaxLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        config = BalancedSoftmaxConfig(
-            zero_count=zero_count, reduction=reduction, ignore_index=ignore_index
-        )
+        config = BalancedSoftmaxConfig(zero_count, reduction, ignore_index)
         super().__init__(counts, num_classes=num_classes, config=config)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return balanced_softmax(self.config, logits, target, self.counts, weight)
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)

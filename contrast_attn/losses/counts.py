@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,9 +20,9 @@ from typing_extensions import Self
 from .. import _checks
 from .._config import ConfiguredModule
 from ..distributed import all_reduce_sum
-from ..functional.class_balanced import Counts
+from ..functional.class_balanced import Counts, CountsPolicy
 
-__all__ = ["ClassCountsModule", "CountsConfig", "count_labels"]
+__all__ = ["ClassCountsModule", "count_labels"]
 
 IGNORE_INDEX = -100
 _LABEL_KEYS = ("target", "targets", "label", "labels")
@@ -130,19 +130,6 @@ def _with_progress(items: Iterable[Any], total: int | None, enabled: bool) -> It
     return bar
 
 
-class CountsConfig(Protocol):
-    """A loss's hyper-parameter record that validates the class counts it is used with."""
-
-    def check_counts(
-        self,
-        counts: Counts,
-        num_classes: int | None = None,
-        *,
-        source: str = "num_classes",
-        checks: _checks.ValueChecks | None = None,
-    ) -> torch.Tensor: ...
-
-
 class ClassCountsModule(ConfiguredModule):
     """Base of the losses that hold per-class sample counts as a buffer.
 
@@ -168,7 +155,7 @@ class ClassCountsModule(ConfiguredModule):
     counts: torch.Tensor
 
     def __init__(
-        self, counts: Counts | None, *, num_classes: int | None, config: CountsConfig
+        self, counts: Counts | None, *, num_classes: int | None, config: CountsPolicy
     ) -> None:
         super().__init__()
         if num_classes is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..functional.class_balanced import Counts
-from ..functional.cross_entropy import ClassWeight
-from ..functional.ldam import LDAMConfig, class_margins, ldam
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
+from ..functional.ldam import LDAMConfig, class_margins
 from .counts import ClassCountsModule
 
 __all__ = ["LDAMLoss"]
@@ -78,13 +78,7 @@ class LDAMLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        config = LDAMConfig(
-            zero_count=zero_count,
-            reduction=reduction,
-            ignore_index=ignore_index,
-            max_margin=max_margin,
-            scale=scale,
-        )
+        config = LDAMConfig(zero_count, reduction, ignore_index, max_margin, scale)
         super().__init__(counts, num_classes=num_classes, config=config)
 
     def margins(self) -> torch.Tensor:
@@ -94,4 +88,4 @@ class LDAMLoss(ClassCountsModule):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return ldam(self.config, logits, target, self.counts, weight)
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..functional.class_balanced import Counts
-from ..functional.cross_entropy import ClassWeight
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
 from ..functional.logit_adjustment import (
     LogitAdjustedConfig,
     PostHocAdjustmentConfig,
-    logit_adjusted,
     post_hoc_adjustment,
 )
 from .counts import ClassCountsModule
@@ -75,15 +74,13 @@ class LogitAdjustedLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        config = LogitAdjustedConfig(
-            zero_count=zero_count, reduction=reduction, ignore_index=ignore_index, tau=tau
-        )
+        config = LogitAdjustedConfig(zero_count, reduction, ignore_index, tau)
         super().__init__(counts, num_classes=num_classes, config=config)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return logit_adjusted(self.config, logits, target, self.counts, weight)
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)
 
 
 class PostHocLogitAdjustment(ClassCountsModule):
