@@ -28,6 +28,7 @@ __all__ = [
     "check_bool",
     "check_bool_mask",
     "check_choice",
+    "check_class_target",
     "check_feature_map",
     "check_finite",
     "check_float",
@@ -328,6 +329,25 @@ def check_labels(labels: Any, name: str, batch_size: int) -> torch.Tensor:
             f"{name} must have shape [B] = [{batch_size}] (one label per sample), "
             f"got shape {tuple(tensor.shape)}"
         )
+    return tensor
+
+
+def check_class_target(
+    target: Any, logits: torch.Tensor, ignore_index: int, checks: ValueChecks | None = None
+) -> torch.Tensor:
+    """Check class indices ``[B]`` for logits ``[B, C]``: in ``[0, C)`` or ``ignore_index``.
+
+    The type and shape checks are free; the range check joins ``checks`` when
+    given (run by the caller), else runs at once.
+    """
+    batch, num_classes = logits.shape
+    tensor = check_labels(target, "target", batch)
+    check_values = ValueChecks() if checks is None else checks
+    check_values.indices(
+        tensor, f"target (C = {num_classes} from logits)", num_classes, ignore_index=ignore_index
+    )
+    if checks is None:
+        check_values.run()
     return tensor
 
 

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from contrast_attn import (
+    BalancedSoftmaxLoss,
     ClassBalancedLoss,
     ContrastiveFeatureRegularizer,
+    LDAMLoss,
+    LogitAdjustedLoss,
     MaskGuidanceLoss,
     NTXentLoss,
+    PostHocLogitAdjustment,
     SupConLoss,
     _checks,
 )
@@ -23,6 +27,10 @@ def test_module_calls_do_not_revalidate_hyper_parameters(monkeypatch: pytest.Mon
         (NTXentLoss(), (torch.randn(4, 2, 8),)),
         (SupConLoss(variant="in"), (torch.randn(4, 2, 8), torch.tensor([0, 0, 1, 1]))),
         (ClassBalancedLoss([5, 3]), (torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))),
+        (LogitAdjustedLoss([5, 3]), (torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))),
+        (BalancedSoftmaxLoss([5, 3]), (torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))),
+        (LDAMLoss([5, 3]), (torch.randn(4, 2), torch.tensor([0, 1, 1, 0]), [1.0, 2.0])),
+        (PostHocLogitAdjustment([5, 3]), (torch.randn(4, 2),)),
         (MaskGuidanceLoss(kind="dice"), (torch.rand(2, 1, 4, 4), torch.ones(2, 1, 8, 8))),
         (
             ContrastiveFeatureRegularizer(3, projection_dim=2),

@@ -17,12 +17,16 @@ import torch
 from torch.export import Dim
 
 from contrast_attn import (
+    BalancedSoftmaxLoss,
     ClassBalancedLoss,
     ContrastiveFeatureRegularizer,
+    LDAMLoss,
+    LogitAdjustedLoss,
     MaskedAveragePool,
     MaskGuidanceLoss,
     MaskGuidedAttention,
     NTXentLoss,
+    PostHocLogitAdjustment,
     ProjectionHead,
     SupConLoss,
 )
@@ -67,6 +71,42 @@ CASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "ClassBalancedLoss": (
         lambda logits, target: ClassBalancedLoss([30, 5, 1], beta=0.99)(logits, target),
         ("logits", "target"),
+    ),
+    "logit_adjusted_loss": (
+        lambda logits, target: CF.logit_adjusted_loss(
+            logits, target, torch.tensor([30, 5, 1]), tau=1.5, weight=torch.tensor([0.5, 1, 2])
+        ),
+        ("logits", "target"),
+    ),
+    "LogitAdjustedLoss": (
+        lambda logits, target: LogitAdjustedLoss([30, 5, 1], reduction="none")(logits, target),
+        ("logits", "target"),
+    ),
+    "balanced_softmax_loss": (
+        lambda logits, target: CF.balanced_softmax_loss(logits, target, [30, 5, 1]),
+        ("logits", "target"),
+    ),
+    "BalancedSoftmaxLoss": (
+        lambda logits, target: BalancedSoftmaxLoss([30, 5, 1])(logits, target),
+        ("logits", "target"),
+    ),
+    "ldam_loss": (
+        lambda logits, target: CF.ldam_loss(logits, target, torch.tensor([30, 5, 1]), scale=4.0),
+        ("logits", "target"),
+    ),
+    "LDAMLoss": (
+        lambda logits, target: LDAMLoss([30, 5, 1], scale=4.0)(
+            logits, target, torch.tensor([0.2, 1.0, 1.8])
+        ),
+        ("logits", "target"),
+    ),
+    "post_hoc_logit_adjustment": (
+        lambda logits: CF.post_hoc_logit_adjustment(logits, [30, 5, 1], tau=0.8),
+        ("logits",),
+    ),
+    "PostHocLogitAdjustment": (
+        lambda logits: PostHocLogitAdjustment([30, 5, 1])(logits),
+        ("logits",),
     ),
     "mask_guidance_loss": (
         lambda att, mask: CF.mask_guidance_loss(att, mask, kind="dice", from_logits=True),

@@ -20,12 +20,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import contrast_attn
 from contrast_attn import (
+    BalancedSoftmaxLoss,
     ClassBalancedLoss,
     ContrastiveFeatureRegularizer,
+    LDAMLoss,
+    LogitAdjustedLoss,
     MaskedAveragePool,
     MaskGuidanceLoss,
     MaskGuidedAttention,
     NTXentLoss,
+    PostHocLogitAdjustment,
     ProjectionHead,
     SupConLoss,
 )
@@ -112,6 +116,12 @@ def _cases() -> dict[str, Callable[[], Any]]:
     image_labels = torch.tensor([0, 0, 1, 1])
     tau = torch.tensor(0.3, requires_grad=True)
     cb = ClassBalancedLoss(counts, loss_type="focal")
+    ldam = LDAMLoss(counts, scale=4.0)
+    logit_adjusted = LogitAdjustedLoss(counts)
+    balanced_softmax = BalancedSoftmaxLoss(counts)
+    post_hoc = PostHocLogitAdjustment(counts)
+    class_weight = torch.tensor([0.5, 1.0, 2.0])
+    drw = CF.deferred_reweighting_weights(counts, 5, defer_epoch=3)
     attention = MaskGuidedAttention(8, mode="hard", teacher_forcing=0.5).train()
     return {
         "nt_xent dense": lambda: CF.nt_xent_loss(z1, z2),
@@ -132,6 +142,20 @@ def _cases() -> dict[str, Callable[[], Any]]:
         "ClassBalancedLoss": lambda: cb(logits, target),
         "ClassBalancedLoss.update": lambda: cb.update(target),
         "class_balanced_weights": lambda: CF.class_balanced_weights(counts, 0.99),
+        "logit_adjusted weighted": lambda: CF.logit_adjusted_loss(
+            logits, target, [50, 5, 1], tau=1.5, weight=class_weight
+        ),
+        "balanced_softmax": lambda: CF.balanced_softmax_loss(logits, target, counts),
+        "ldam weighted": lambda: CF.ldam_loss(logits, target, counts, scale=4.0, weight=drw),
+        "post_hoc_logit_adjustment": lambda: CF.post_hoc_logit_adjustment(logits, counts),
+        "LogitAdjustedLoss": lambda: logit_adjusted(logits, target),
+        "BalancedSoftmaxLoss": lambda: balanced_softmax(logits, target, class_weight),
+        "LDAMLoss": lambda: ldam(logits, target, drw),
+        "LDAMLoss.update": lambda: ldam.update(target),
+        "PostHocLogitAdjustment": lambda: post_hoc(logits),
+        "deferred_reweighting_weights": lambda: CF.deferred_reweighting_weights(
+            counts, 5, defer_epoch=3
+        ),
         "effective_number": lambda: CF.effective_number(counts, 0.99),
         "mask_guidance bce": lambda: CF.mask_guidance_loss(
             att_logits, mask, from_logits=True, valid=valid

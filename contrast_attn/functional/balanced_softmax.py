@@ -8,21 +8,33 @@ logits estimating the balanced posterior, which is then used as is at test time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .. import _checks
 from .class_balanced import Counts
-from .class_prior import counts_without_zeros
+from .class_prior import without_zeros
 from .cross_entropy import (
+    AdjustedCrossEntropyConfig,
     ClassWeight,
-    check_class_target,
-    check_class_weight,
-    check_logits,
-    compute_dtype,
-    weighted_cross_entropy,
+    adjusted_cross_entropy,
 )
 
-__all__ = ["balanced_softmax_loss"]
+__all__ = ["BalancedSoftmaxConfig", "balanced_softmax_loss"]
+
+
+@dataclass(frozen=True)
+class BalancedSoftmaxConfig(AdjustedCrossEntropyConfig):
+    """The validated hyper-parameters of :func:`balanced_softmax_loss` (see there for each).
+
+    Raises:
+        TypeError: ``ignore_index`` not an int.
+        ValueError: An unknown ``reduction`` or ``zero_count``.
+    """
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`x_{ic} + \\log n_c`."""
+        return x + without_zeros(counts).log().to(x.dtype)
 
 
 def balanced_softmax_loss(
@@ -87,15 +99,5 @@ def balanced_softmax_loss(
         >>> torch.allclose(loss, logit_adjusted_loss(logits, target, [900, 90, 10], tau=1.0))
         True
     """
-    check_logits(logits)
-    _checks.check_reduction(reduction)
-    _checks.check_int(ignore_index, "ignore_index")
-    check_class_target(target, logits, ignore_index)
-    weight = check_class_weight(weight, logits.shape[1])
-    positive = counts_without_zeros(
-        counts, logits.shape[1], zero_count=zero_count, source="logits [B, C]"
-    ).to(logits.device)
-    dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        adjusted = logits.to(dtype) + positive.log().to(dtype)
-        return weighted_cross_entropy(adjusted, target, weight, reduction, ignore_index)
+    config = BalancedSoftmaxConfig(zero_count, reduction, ignore_index)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from .._reduction import reduce_loss
 
 __all__ = [
     "ClassBalancedConfig",
+    "CountsPolicy",
     "check_counts",
     "class_balanced",
     "class_balanced_loss",
@@ -35,6 +36,12 @@ __all__ = [
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
 NORMALIZATIONS = ("reference", "weight_sum")
 ZERO_COUNTS = ("error", "as_one", "zero_weight")
+
+EMPTY_CLASS = (
+    "their class-balanced weight (1 - beta) / (1 - beta**0) is infinite. Pass "
+    "zero_count='as_one' to weight such a class as if it had one sample, or "
+    "zero_count='zero_weight' to give it weight 0"
+)
 
 Counts = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[float]]
 
@@ -52,14 +59,16 @@ def check_counts(
     *,
     source: str = "num_classes",
     zero_count: str | None = None,
+    empty_class: str = EMPTY_CLASS,
     checks: _checks.ValueChecks | None = None,
 ) -> torch.Tensor:
     """Validate per-class sample counts; return them as a float64 ``[C]`` tensor.
 
     ``source`` names where ``num_classes`` comes from, for the message. With
     ``zero_count`` the treatment of empty classes is checked too (``"error"``: no
-    class may be empty; ``"zero_weight"``: not every class). The value checks
-    join ``checks`` when given (run by the caller), else run at once.
+    class may be empty, ``empty_class`` saying why; ``"zero_weight"``: not every
+    class). The value checks join ``checks`` when given (run by the caller), else
+    run at once.
     """
     if not isinstance(counts, torch.Tensor):
         if isinstance(counts, str) or not isinstance(counts, (Sequence, np.ndarray)):
@@ -91,13 +100,41 @@ def check_counts(
             failed = failed | zero.any()
         elif zero_count == "zero_weight":
             failed = failed | zero.all()
-        value_checks.flag(failed, lambda: _counts_message(counts, zero_count))
+        value_checks.flag(failed, lambda: _counts_message(counts, zero_count, empty_class))
     if checks is None:
         value_checks.run()
     return counts
 
 
-def _counts_message(counts: torch.Tensor, zero_count: str | None) -> str:
+class CountsPolicy:
+    """The ``zero_count`` rule of a hyper-parameter record, for the counts it is used with.
+
+    ``empty_class`` says why a class without samples fails under ``"error"``.
+    """
+
+    zero_count: str
+    empty_class: ClassVar[str] = EMPTY_CLASS
+
+    def check_counts(
+        self,
+        counts: Counts,
+        num_classes: int | None = None,
+        *,
+        source: str = "num_classes",
+        checks: _checks.ValueChecks | None = None,
+    ) -> torch.Tensor:
+        """Validated float64 ``[C]`` counts under ``zero_count`` (see :func:`check_counts`)."""
+        return check_counts(
+            counts,
+            num_classes,
+            source=source,
+            zero_count=self.zero_count,
+            empty_class=self.empty_class,
+            checks=checks,
+        )
+
+
+def _counts_message(counts: torch.Tensor, zero_count: str | None, empty_class: str) -> str:
     """The message of the first problem of counts that failed :func:`check_counts`."""
     if not bool(torch.isfinite(counts).all()):
         return f"counts must be finite, got {_preview(counts)}"
@@ -115,12 +152,7 @@ def _counts_message(counts: torch.Tensor, zero_count: str | None) -> str:
         )
     missing = (counts == 0).nonzero().flatten()
     if zero_count == "error":
-        return (
-            f"counts has no sample of class(es) {_preview(missing)}: their class-balanced "
-            f"weight (1 - beta) / (1 - beta**0) is infinite. Pass zero_count='as_one' to "
-            f"weight such a class as if it had one sample, or zero_count='zero_weight' to "
-            f"give it weight 0"
-        )
+        return f"counts has no sample of class(es) {_preview(missing)}: {empty_class}"
     return (
         "counts is zero for every class; zero_count='zero_weight' would leave no "
         "class with a weight"
@@ -236,7 +268,7 @@ def class_balanced_weights(
 
 
 @dataclass(frozen=True)
-class ClassBalancedConfig:
+class ClassBalancedConfig(CountsPolicy):
     """The validated hyper-parameters of :func:`class_balanced_loss` (see there for each).
 
     Raises:
@@ -280,11 +312,11 @@ def _check_target(
 ) -> torch.Tensor:
     """Validate class indices ``[B]`` or (sigmoid/focal) multi-hot ``[B, C]`` targets."""
     _checks.check_tensor(target, "target")
-    batch, num_classes = logits.shape
     if target.ndim == 2:
         if loss_type == "softmax":
             raise ValueError(
-                f"loss_type='softmax' needs target as class indices of shape [B] = [{batch}]; "
+                f"loss_type='softmax' needs target as class indices of shape [B] = "
+                f"[{logits.shape[0]}]; "
                 f"multi-hot targets [B, C] are for 'sigmoid' and 'focal', got shape "
                 f"{tuple(target.shape)}"
             )
@@ -297,11 +329,7 @@ def _check_target(
             raise TypeError(f"multi-hot target must be real or bool, got dtype {target.dtype}")
         checks.values(target, "multi-hot target", unit_interval=True)
         return target
-    _checks.check_labels(target, "target", batch)
-    checks.indices(
-        target, f"target (C = {num_classes} from logits)", num_classes, ignore_index=ignore_index
-    )
-    return target
+    return _checks.check_class_target(target, logits, ignore_index, checks)
 
 
 def _binary_terms(x: torch.Tensor, y: torch.Tensor, loss_type: str, gamma: float) -> torch.Tensor:
@@ -440,9 +468,7 @@ def class_balanced(
     _checks.check_ndim(logits, "logits", (2,), "[B, C]")
     num_classes = logits.shape[1]
     checks = _checks.ValueChecks()
-    counts = check_counts(
-        counts, num_classes, source="logits [B, C]", zero_count=config.zero_count, checks=checks
-    )
+    counts = config.check_counts(counts, num_classes, source="logits [B, C]", checks=checks)
     target = _check_target(target, logits, loss_type, ignore_index, checks)
     checks.values(logits, "logits")
     checks.run()

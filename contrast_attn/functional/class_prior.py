@@ -11,17 +11,23 @@ to do, the same policy for every loss of this family:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from .. import _checks
-from .class_balanced import Counts, check_counts
+from .class_balanced import Counts, CountsPolicy
 
 __all__ = [
     "PRIOR_ZERO_COUNTS",
+    "PriorConfig",
     "check_zero_count",
     "class_log_prior",
     "counts_without_zeros",
     "log_prior",
+    "without_zeros",
+    "zero_count_message",
 ]
 
 PRIOR_ZERO_COUNTS = ("error", "as_one")
@@ -32,13 +38,40 @@ def check_zero_count(zero_count: str) -> str:
     return _checks.check_choice(zero_count, "zero_count", PRIOR_ZERO_COUNTS)
 
 
+def zero_count_message(quantity: str) -> str:
+    """Why a class without samples fails under ``zero_count="error"``, for the message."""
+    return (
+        f"their {quantity} is infinite. Pass zero_count='as_one' to count such a class as "
+        f"if it had one sample"
+    )
+
+
+@dataclass(frozen=True)
+class PriorConfig(CountsPolicy):
+    """The validated ``zero_count`` policy shared by the losses built on the class prior.
+
+    Subclasses add their own hyper-parameters (and ``empty_class``, the message
+    for a class without samples).
+
+    Raises:
+        ValueError: ``zero_count`` other than ``"error"`` or ``"as_one"``.
+    """
+
+    zero_count: str = "error"
+
+    empty_class: ClassVar[str] = zero_count_message("log prior")
+
+    def __post_init__(self) -> None:
+        check_zero_count(self.zero_count)
+
+
+def without_zeros(counts: torch.Tensor) -> torch.Tensor:
+    """Validated counts with every zero counted as one sample (``zero_count="as_one"``)."""
+    return torch.where(counts == 0, torch.ones_like(counts), counts)
+
+
 def counts_without_zeros(
-    counts: Counts,
-    num_classes: int | None = None,
-    *,
-    zero_count: str = "error",
-    source: str = "num_classes",
-    quantity: str = "log prior",
+    counts: Counts, num_classes: int | None = None, *, zero_count: str = "error"
 ) -> torch.Tensor:
     """Validated float64 ``[C]`` counts with the ``zero_count`` policy applied.
 
@@ -46,8 +79,6 @@ def counts_without_zeros(
         counts: ``[C]`` non-negative whole numbers of samples per class.
         num_classes: ``C`` when known (the counts must agree).
         zero_count: ``"error"`` or ``"as_one"``.
-        source: Where ``num_classes`` comes from, for the message.
-        quantity: What is infinite for a zero count, for the message.
 
     Returns:
         ``[C]`` float64 counts, every entry ``>= 1``.
@@ -56,16 +87,7 @@ def counts_without_zeros(
         TypeError: ``counts`` not a tensor, array or sequence of numbers.
         ValueError: Bad counts; a zero count with ``zero_count="error"``.
     """
-    check_zero_count(zero_count)
-    checked = check_counts(counts, num_classes, source=source)
-    zero = checked == 0
-    if zero_count == "error" and not torch.compiler.is_compiling() and bool(zero.any()):
-        missing = zero.nonzero().flatten()[:5].tolist()
-        raise ValueError(
-            f"counts has no sample of class(es) {missing}: their {quantity} is infinite. "
-            f"Pass zero_count='as_one' to count such a class as if it had one sample"
-        )
-    return torch.where(zero, torch.ones_like(checked), checked)
+    return without_zeros(PriorConfig(zero_count).check_counts(counts, num_classes))
 
 
 def log_prior(positive: torch.Tensor) -> torch.Tensor:

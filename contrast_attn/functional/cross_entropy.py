@@ -9,64 +9,89 @@ and an ``ignore_index``, exactly as ``F.cross_entropy(weight=w, ignore_index=k)`
     \text{mean} = \frac{\sum_i \ell_i}{\sum_{i:\, y_i \ne k} w_{y_i}} ,
 
 except that a mean over no sample (every target ignored) is 0, not NaN. The
-checks of the shared arguments live here too, once.
+hyper-parameters they share are one record (:class:`AdjustedCrossEntropyConfig`),
+and the checks of their inputs are one call (:func:`check_inputs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from dataclasses import dataclass
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch
 
 from .. import _checks
 from .._reduction import reduce_loss
+from .._rows import compute_dtype
+from .class_balanced import Counts
+from .class_prior import PriorConfig
 
 __all__ = [
+    "AdjustedCrossEntropyConfig",
+    "CheckedInputs",
     "ClassWeight",
-    "check_class_target",
+    "adjusted_cross_entropy",
     "check_class_weight",
+    "check_inputs",
     "check_logits",
-    "compute_dtype",
-    "weighted_cross_entropy",
 ]
 
 ClassWeight = Union[torch.Tensor, np.ndarray, Sequence[float], None]
 
 
-def check_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Check floating, finite ``[B, C]`` logits; return them."""
+@dataclass(frozen=True)
+class AdjustedCrossEntropyConfig(PriorConfig):
+    """The validated hyper-parameters every adjusted cross-entropy shares.
+
+    Raises:
+        TypeError: ``ignore_index`` not an int.
+        ValueError: An unknown ``reduction`` or ``zero_count``.
+    """
+
+    reduction: str = "mean"
+    ignore_index: int = -100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _checks.check_reduction(self.reduction)
+        _checks.check_int(self.ignore_index, "ignore_index")
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The loss's change of the logits ``x [B, C]`` (here none: the plain cross-entropy).
+
+        ``index`` ``[B]`` is the target with ignored entries set to 0, ``counts``
+        ``[C]`` the validated float64 counts on the device of ``x``.
+        """
+        return x
+
+
+class CheckedInputs(NamedTuple):
+    """What :func:`check_inputs` returns.
+
+    Attributes:
+        counts: ``[C]`` float64 validated counts (zeros kept, see ``zero_count``).
+        weight: ``[C]`` float64 validated class weights, or ``None``.
+    """
+
+    counts: torch.Tensor
+    weight: torch.Tensor | None
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """Check floating ``[B, C]`` logits (type and shape; their values join the call's checks)."""
     _checks.check_floating_tensor(logits, "logits")
     _checks.check_ndim(logits, "logits", (2,), "[B, C]")
-    _checks.check_finite(logits, "logits")
-    return logits
 
 
-def compute_dtype(logits: torch.Tensor) -> torch.dtype:
-    """float64 for float64 logits, float32 otherwise (also fp16/bf16 and under autocast)."""
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+def check_class_weight(
+    weight: ClassWeight, num_classes: int, checks: _checks.ValueChecks
+) -> torch.Tensor | None:
+    """Check optional per-class weights ``[C]``, finite and non-negative; return float64.
 
-
-def check_class_target(
-    target: torch.Tensor, logits: torch.Tensor, ignore_index: int
-) -> torch.Tensor:
-    """Check class indices ``[B]`` in ``[0, C)`` or equal to ``ignore_index``; return them."""
-    batch, num_classes = logits.shape
-    _checks.check_labels(target, "target", batch)
-    if not torch.compiler.is_compiling():
-        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-        if bool(bad.any()):
-            raise ValueError(
-                f"target must hold class indices in [0, {num_classes}) (C = {num_classes} from "
-                f"logits) or ignore_index={ignore_index}, got out-of-range value(s) "
-                f"{torch.unique(target[bad])[:5].tolist()}"
-            )
-    return target
-
-
-def check_class_weight(weight: ClassWeight, num_classes: int) -> torch.Tensor | None:
-    """Check optional per-class weights ``[C]``, finite and non-negative; return float64."""
+    The value check (one pass) joins ``checks``, run by the caller.
+    """
     if weight is None:
         return None
     if not isinstance(weight, torch.Tensor):
@@ -83,40 +108,84 @@ def check_class_weight(weight: ClassWeight, num_classes: int) -> torch.Tensor | 
             f"weight must have shape [C] = [{num_classes}] (one weight per class, C from "
             f"logits), got shape {tuple(weight.shape)}"
         )
-    weight = weight.to(torch.float64)
-    if not torch.compiler.is_compiling():
-        _checks.check_finite(weight, "weight")
-        if bool((weight < 0).any()):
-            raise ValueError(f"weight must be non-negative, got {weight[weight < 0][:5].tolist()}")
-    return weight
+    checked = weight.to(torch.float64)
+    if checks.enabled:
+        finite = torch.isfinite(checked)
+        checks.flag(
+            (~finite | (checked < 0)).any(),
+            lambda: (
+                f"weight must be finite, got {checked[~finite][:5].tolist()}"
+                if not bool(finite.all())
+                else f"weight must be non-negative, got {checked[checked < 0][:5].tolist()}"
+            ),
+        )
+    return checked
 
 
-def weighted_cross_entropy(
+def check_inputs(
+    config: AdjustedCrossEntropyConfig,
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    reduction: str,
-    ignore_index: int,
+    counts: Counts,
+    weight: ClassWeight,
+) -> CheckedInputs:
+    """The checks of one adjusted cross-entropy call: free ones first, values in one sync.
+
+    Raises:
+        TypeError: Non-tensor or non-floating logits, non-integer targets, counts or
+            weight of a wrong kind.
+        ValueError: logits not ``[B, C]`` or not finite; target out of range; bad
+            counts; weight of a wrong shape, not finite or negative.
+    """
+    check_logits(logits)
+    num_classes = logits.shape[1]
+    checks = _checks.ValueChecks()
+    _checks.check_class_target(target, logits, config.ignore_index, checks)
+    checked_weight = check_class_weight(weight, num_classes, checks)
+    checked = config.check_counts(counts, num_classes, source="logits [B, C]", checks=checks)
+    checks.values(logits, "logits")
+    checks.run()
+    return CheckedInputs(checked, checked_weight)
+
+
+def adjusted_cross_entropy(
+    config: AdjustedCrossEntropyConfig,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    counts: Counts,
+    weight: ClassWeight = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy of (already adjusted, float32/64) logits, see the module.
+    """Softmax cross-entropy of ``config.adjust`` of the logits, see the module.
+
+    What every adjusted loss's function and module call with their record. The
+    logits are upcast to float32 (float64 stays float64) outside autocast before
+    ``config.adjust``.
 
     Args:
-        logits: ``[B, C]`` adjusted logits in the compute dtype.
-        target: ``[B]`` validated class indices (``ignore_index`` allowed).
-        weight: ``[C]`` validated class weights, or ``None`` for all ones.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (validated).
-        ignore_index: Target value to skip.
+        config: The validated hyper-parameters, with the loss's ``adjust``.
+        logits: ``[B, C]`` unnormalised scores.
+        target: ``[B]`` class indices (``ignore_index`` allowed).
+        counts: ``[C]`` training samples per class.
+        weight: Optional ``[C]`` class weights (all ones when ``None``).
 
     Returns:
         The reduced loss (``[B]`` for ``"none"``, 0 for ignored samples).
+
+    Raises:
+        As :func:`check_inputs`.
     """
-    target = target.to(logits.device)
-    valid = target != ignore_index
-    # int32/uint8 indices are valid targets; gather wants int64.
-    index = torch.where(valid, target, 0).long()
-    nll = -logits.log_softmax(dim=1).gather(1, index[:, None]).squeeze(1)
-    if weight is None:
-        alpha = valid.to(logits.dtype)
-    else:
-        alpha = weight.to(device=logits.device, dtype=logits.dtype)[index] * valid
-    return reduce_loss(alpha * nll, reduction, alpha.sum())
+    checked = check_inputs(config, logits, target, counts, weight)
+    dtype = compute_dtype(logits)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits.to(dtype)
+        target = target.to(x.device)
+        valid = target != config.ignore_index
+        # int32/uint8 indices are valid targets; gather wants int64.
+        index = torch.where(valid, target, 0).long()
+        z = config.adjust(x, index, checked.counts.to(x.device))
+        nll = -z.log_softmax(dim=1).gather(1, index[:, None]).squeeze(1)
+        if checked.weight is None:
+            alpha = valid.to(dtype)
+        else:
+            alpha = checked.weight.to(device=x.device, dtype=dtype)[index] * valid
+        return reduce_loss(alpha * nll, config.reduction, alpha.sum())

@@ -8,40 +8,58 @@ softmax cross-entropy, which makes the loss demand a larger lead for rarer class
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from .class_balanced import Counts
-from .class_prior import counts_without_zeros
+from .class_prior import without_zeros, zero_count_message
 from .cross_entropy import (
+    AdjustedCrossEntropyConfig,
     ClassWeight,
-    check_class_target,
-    check_class_weight,
-    check_logits,
-    compute_dtype,
-    weighted_cross_entropy,
+    adjusted_cross_entropy,
 )
 
-__all__ = ["check_ldam_args", "ldam_loss", "ldam_margins"]
+__all__ = ["LDAMConfig", "class_margins", "ldam_loss", "ldam_margins"]
 
 
-def check_ldam_args(max_margin: float, scale: float) -> tuple[float, float]:
-    """Check ``max_margin >= 0`` and ``scale > 0``; return them as floats."""
-    return (
-        _checks.check_float(max_margin, "max_margin", low=0.0),
-        _checks.check_float(scale, "scale", low=0.0, low_inclusive=False),
-    )
+@dataclass(frozen=True)
+class LDAMConfig(AdjustedCrossEntropyConfig):
+    """The validated hyper-parameters of :func:`ldam_loss` (see there for each).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: ``max_margin < 0``, ``scale <= 0``, an unknown ``reduction`` or
+            ``zero_count``.
+    """
+
+    max_margin: float = 0.5
+    scale: float = 30.0
+
+    empty_class: ClassVar[str] = zero_count_message("LDAM margin")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        max_margin = _checks.check_float(self.max_margin, "max_margin", low=0.0)
+        object.__setattr__(self, "max_margin", max_margin)
+        scale = _checks.check_float(self.scale, "scale", low=0.0, low_inclusive=False)
+        object.__setattr__(self, "scale", scale)
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`s\\,(x_{ic} - \\Delta_{y_i} [c = y_i])`."""
+        # The one-hot by comparison: F.one_hot reads the index range back to the host.
+        classes = torch.arange(x.shape[1], device=x.device)
+        at_target = (index[:, None] == classes).to(x.dtype)
+        margins = class_margins(self, counts).to(x.dtype)
+        return self.scale * (x - margins[index][:, None] * at_target)
 
 
-def _margins(
-    counts: Counts, num_classes: int | None, max_margin: float, zero_count: str, source: str
-) -> torch.Tensor:
-    positive = counts_without_zeros(
-        counts, num_classes, zero_count=zero_count, source=source, quantity="LDAM margin"
-    )
-    raw = positive.pow(-0.25)
-    return raw * (max_margin / raw.max())
+def class_margins(config: LDAMConfig, counts: torch.Tensor) -> torch.Tensor:
+    """Margins ``[C]`` (float64) of counts validated by ``config.check_counts``."""
+    raw = without_zeros(counts).pow(-0.25)
+    return raw * (config.max_margin / raw.max())
 
 
 def ldam_margins(
@@ -81,8 +99,8 @@ def ldam_margins(
         >>> ldam_margins([160, 10, 1], max_margin=0.5)
         tensor([0.1406, 0.2812, 0.5000], dtype=torch.float64)
     """
-    max_margin = _checks.check_float(max_margin, "max_margin", low=0.0)
-    return _margins(counts, None, max_margin, zero_count, "num_classes")
+    config = LDAMConfig(zero_count=zero_count, max_margin=max_margin)
+    return class_margins(config, config.check_counts(counts))
 
 
 def ldam_loss(
@@ -157,19 +175,5 @@ def ldam_loss(
         >>> torch.allclose(plain, F.cross_entropy(cosine, target))
         True
     """
-    check_logits(logits)
-    max_margin, scale = check_ldam_args(max_margin, scale)
-    _checks.check_reduction(reduction)
-    _checks.check_int(ignore_index, "ignore_index")
-    check_class_target(target, logits, ignore_index)
-    num_classes = logits.shape[1]
-    weight = check_class_weight(weight, num_classes)
-    margins = _margins(counts, num_classes, max_margin, zero_count, "logits [B, C]")
-    dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        x = logits.to(dtype)
-        target = target.to(x.device)
-        index = torch.where(target != ignore_index, target, 0).long()
-        delta = margins.to(device=x.device, dtype=dtype)[index]
-        adjusted = scale * (x - delta[:, None] * F.one_hot(index, num_classes).to(dtype))
-        return weighted_cross_entropy(adjusted, target, weight, reduction, ignore_index)
+    config = LDAMConfig(zero_count, reduction, ignore_index, max_margin, scale)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)

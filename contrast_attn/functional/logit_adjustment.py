@@ -10,36 +10,68 @@ softmax, so that the plain :math:`\arg\max_y f_y(x)` is the balanced decision ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import _checks
+from .._rows import compute_dtype
 from .class_balanced import Counts
-from .class_prior import counts_without_zeros, log_prior
+from .class_prior import PriorConfig, log_prior, without_zeros
 from .cross_entropy import (
+    AdjustedCrossEntropyConfig,
     ClassWeight,
-    check_class_target,
-    check_class_weight,
+    adjusted_cross_entropy,
     check_logits,
-    compute_dtype,
-    weighted_cross_entropy,
 )
 
-__all__ = ["check_tau", "logit_adjusted_loss", "post_hoc_logit_adjustment", "scaled_log_prior"]
+__all__ = [
+    "LogitAdjustedConfig",
+    "PostHocAdjustmentConfig",
+    "logit_adjusted_loss",
+    "post_hoc_adjustment",
+    "post_hoc_logit_adjustment",
+]
 
 
-def check_tau(tau: float) -> float:
-    """Check the adjustment strength :math:`\\tau \\ge 0`; return it as ``float``."""
+def _check_tau(tau: float) -> float:
     return _checks.check_float(tau, "tau", low=0.0)
 
 
-def scaled_log_prior(
-    counts: Counts, logits: torch.Tensor, tau: float, zero_count: str
-) -> torch.Tensor:
-    r""":math:`\tau \log \pi` ``[C]`` for ``logits`` ``[B, C]``, in float64 on their device."""
-    positive = counts_without_zeros(
-        counts, logits.shape[1], zero_count=zero_count, source="logits [B, C]"
-    ).to(logits.device)
-    return tau * log_prior(positive)
+@dataclass(frozen=True)
+class LogitAdjustedConfig(AdjustedCrossEntropyConfig):
+    """The validated hyper-parameters of :func:`logit_adjusted_loss` (see there for each).
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type.
+        ValueError: ``tau < 0``, an unknown ``reduction`` or ``zero_count``.
+    """
+
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "tau", _check_tau(self.tau))
+
+    def adjust(self, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:math:`x_{ic} + \\tau \\log \\pi_c`."""
+        return x + (self.tau * log_prior(without_zeros(counts))).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class PostHocAdjustmentConfig(PriorConfig):
+    """The validated hyper-parameters of :func:`post_hoc_logit_adjustment`.
+
+    Raises:
+        TypeError: ``tau`` not a real number.
+        ValueError: ``tau < 0`` or an unknown ``zero_count``.
+    """
+
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "tau", _check_tau(self.tau))
 
 
 def logit_adjusted_loss(
@@ -111,17 +143,8 @@ def logit_adjusted_loss(
         >>> torch.allclose(plain, F.cross_entropy(logits, target))
         True
     """
-    check_logits(logits)
-    tau = check_tau(tau)
-    _checks.check_reduction(reduction)
-    _checks.check_int(ignore_index, "ignore_index")
-    check_class_target(target, logits, ignore_index)
-    weight = check_class_weight(weight, logits.shape[1])
-    shift = scaled_log_prior(counts, logits, tau, zero_count)
-    dtype = compute_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        adjusted = logits.to(dtype) + shift.to(dtype)
-        return weighted_cross_entropy(adjusted, target, weight, reduction, ignore_index)
+    config = LogitAdjustedConfig(zero_count, reduction, ignore_index, tau)
+    return adjusted_cross_entropy(config, logits, target, counts, weight)
 
 
 def post_hoc_logit_adjustment(
@@ -166,9 +189,21 @@ def post_hoc_logit_adjustment(
         >>> post_hoc_logit_adjustment(logits, [90, 10]).argmax(dim=1)  # 2 - log .9 < 1 - log .1
         tensor([1])
     """
+    return post_hoc_adjustment(
+        PostHocAdjustmentConfig(zero_count=zero_count, tau=tau), logits, counts
+    )
+
+
+def post_hoc_adjustment(
+    config: PostHocAdjustmentConfig, logits: torch.Tensor, counts: Counts
+) -> torch.Tensor:
+    """:func:`post_hoc_logit_adjustment` with validated hyper-parameters (the module's core)."""
     check_logits(logits)
-    tau = check_tau(tau)
-    shift = scaled_log_prior(counts, logits, tau, zero_count)
+    checks = _checks.ValueChecks()
+    checked = config.check_counts(counts, logits.shape[1], source="logits [B, C]", checks=checks)
+    checks.values(logits, "logits")
+    checks.run()
+    shift = config.tau * log_prior(without_zeros(checked)).to(logits.device)
     dtype = compute_dtype(logits)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         return logits.to(dtype) - shift.to(dtype)

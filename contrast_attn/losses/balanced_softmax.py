@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from ..functional.balanced_softmax import balanced_softmax_loss
+from ..functional.balanced_softmax import BalancedSoftmaxConfig
 from ..functional.class_balanced import Counts
-from ..functional.class_prior import check_zero_count, counts_without_zeros
-from ..functional.cross_entropy import ClassWeight
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
 from .counts import ClassCountsModule
 
 __all__ = ["BalancedSoftmaxLoss"]
@@ -66,27 +64,10 @@ class BalancedSoftmaxLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        super().__init__(counts, num_classes=num_classes, ignore_index=ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
-        self.zero_count = check_zero_count(zero_count)
-        if counts is not None:
-            counts_without_zeros(self.counts, zero_count=zero_count)  # a missing class fails now
+        config = BalancedSoftmaxConfig(zero_count, reduction, ignore_index)
+        super().__init__(counts, num_classes=num_classes, config=config)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return balanced_softmax_loss(
-            logits,
-            target,
-            self.counts,
-            weight=weight,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            zero_count=self.zero_count,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, reduction={self.reduction!r}, "
-            f"zero_count={self.zero_count!r}"
-        )
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)

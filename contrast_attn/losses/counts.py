@@ -14,21 +14,26 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from .. import _checks
+from .._config import ConfiguredModule
 from ..distributed import all_reduce_sum
-from ..functional.class_balanced import Counts, check_counts
+from ..functional.class_balanced import Counts, CountsPolicy
 
 __all__ = ["ClassCountsModule", "count_labels"]
 
+IGNORE_INDEX = -100
 _LABEL_KEYS = ("target", "targets", "label", "labels")
 
 
-def count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = -100) -> torch.Tensor:
+def count_labels(
+    labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Per-class counts of class indices ``[N]`` or multi-hot 0/1 labels ``[N, C]``.
+
+    Fixed shapes (no ``bincount`` or selection) and one value check.
 
     Args:
         labels: ``[N]`` integer class indices (``ignore_index`` skipped) or ``[N, C]``
@@ -51,18 +56,23 @@ def count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = -10
         tensor([1, 0, 2])
     """
     _checks.check_tensor(labels, "labels")
+    checks = _checks.ValueChecks()
     if labels.ndim == 2:
         if labels.shape[1] != num_classes:
             raise ValueError(
                 f"multi-hot labels must have shape [N, C] = [N, {num_classes}], got shape "
                 f"{tuple(labels.shape)}"
             )
-        other = (labels != 0) & (labels != 1)
-        if bool(other.any()):
-            raise ValueError(
-                f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
-                f"{torch.unique(labels[other])[:5].tolist()}"
+        if checks.enabled and labels.dtype != torch.bool:
+            other = (labels != 0) & (labels != 1)
+            checks.flag(
+                other.any(),
+                lambda: (
+                    f"multi-hot labels must hold only 0/1 (or be a bool tensor), got "
+                    f"{torch.unique(labels[other])[:5].tolist()}"
+                ),
             )
+        checks.run()
         return labels.to(torch.long).sum(dim=0)
     if labels.ndim != 1:
         raise ValueError(
@@ -70,14 +80,23 @@ def count_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = -10
             f"{tuple(labels.shape)}"
         )
     _checks.check_labels(labels, "labels", labels.shape[0])
-    labels = labels[labels != ignore_index]
-    bad = (labels < 0) | (labels >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be class indices in [0, {num_classes}) (num_classes = {num_classes}) "
-            f"or ignore_index={ignore_index}, got {torch.unique(labels[bad])[:5].tolist()}"
-        )
-    return torch.bincount(labels.to(torch.long), minlength=num_classes)
+    kept = labels != ignore_index
+    index = torch.where(kept, labels, 0).to(torch.long)
+    if checks.enabled and labels.numel() > 0:
+        low, high = torch.aminmax(index)
+
+        def message() -> str:
+            bad = kept & ((labels < 0) | (labels >= num_classes))
+            return (
+                f"labels must be class indices in [0, {num_classes}) (num_classes = "
+                f"{num_classes}) or ignore_index={ignore_index}, got "
+                f"{torch.unique(labels[bad])[:5].tolist()}"
+            )
+
+        checks.flag((low < 0) | (high >= num_classes), message)
+    checks.run()
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    return counts.index_add_(0, index.clamp(0, num_classes - 1), kept.long())
 
 
 def _item_label(item: Any, owner: str) -> Any:
@@ -111,33 +130,34 @@ def _with_progress(items: Iterable[Any], total: int | None, enabled: bool) -> It
     return bar
 
 
-class ClassCountsModule(nn.Module):
+class ClassCountsModule(ConfiguredModule):
     """Base of the losses that hold per-class sample counts as a buffer.
 
-    Subclasses take ``counts`` as their first argument and ``num_classes`` as a
-    keyword, and pass both with ``ignore_index`` to this constructor; they inherit
-    :meth:`from_labels`, :meth:`from_dataset` and :meth:`update`.
+    Subclasses take ``counts`` first and ``num_classes`` as a keyword, build their
+    record and pass all three to this constructor; they inherit :meth:`from_labels`,
+    :meth:`from_dataset` and :meth:`update`, which skip the labels equal to the
+    record's ``ignore_index`` (-100 for a record without one).
 
     Args:
         counts: ``[C]`` training samples per class, or ``None`` to start from zeros
             (then ``num_classes`` is required and :meth:`update` fills the counts).
         num_classes: ``C``; optional when ``counts`` is given (must then agree).
-        ignore_index: Label value that :meth:`update` and :meth:`from_labels` skip.
+        config: The loss's validated hyper-parameters; its ``check_counts``
+            validates given counts at once (a class without samples fails here
+            under ``zero_count="error"``).
 
     Raises:
-        TypeError: ``counts`` of a wrong kind; ``num_classes`` or ``ignore_index``
-            not an int.
+        TypeError: ``counts`` of a wrong kind; ``num_classes`` not an int.
         ValueError: Neither ``counts`` nor ``num_classes``; ``counts`` not matching
-            ``num_classes``, negative or not whole.
+            ``num_classes``, negative or not whole, or rejected by ``config``.
     """
 
     counts: torch.Tensor
 
     def __init__(
-        self, counts: Counts | None, *, num_classes: int | None, ignore_index: int = -100
+        self, counts: Counts | None, *, num_classes: int | None, config: CountsPolicy
     ) -> None:
         super().__init__()
-        _checks.check_int(ignore_index, "ignore_index")
         if num_classes is not None:
             _checks.check_int(num_classes, "num_classes", low=1)
         if counts is None:
@@ -148,9 +168,9 @@ class ClassCountsModule(nn.Module):
                 )
             buffer = torch.zeros(num_classes, dtype=torch.long)
         else:
-            buffer = check_counts(counts, num_classes).to(torch.long)
+            buffer = config.check_counts(counts, num_classes).to(torch.long)
         self.register_buffer("counts", buffer)
-        self.ignore_index = ignore_index
+        self.config = config
 
     @property
     def num_classes(self) -> int:
@@ -178,7 +198,7 @@ class ClassCountsModule(nn.Module):
                 a class without samples with ``zero_count="error"``).
         """
         _checks.check_int(num_classes, "num_classes", low=1)
-        counts = count_labels(labels, num_classes, kwargs.get("ignore_index", -100))
+        counts = count_labels(labels, num_classes, kwargs.get("ignore_index", IGNORE_INDEX))
         return cls(counts, num_classes=num_classes, **kwargs)
 
     @classmethod
@@ -211,7 +231,7 @@ class ClassCountsModule(nn.Module):
             ValueError: As :meth:`from_labels`.
         """
         _checks.check_int(num_classes, "num_classes", low=1)
-        ignore_index = kwargs.get("ignore_index", -100)
+        ignore_index = kwargs.get("ignore_index", IGNORE_INDEX)
         targets = getattr(dataset_or_loader, "targets", None)
         if targets is not None:
             counts = count_labels(torch.as_tensor(targets), num_classes, ignore_index)
@@ -249,5 +269,9 @@ class ClassCountsModule(nn.Module):
             ValueError: Labels outside ``[0, C)`` (other than ``ignore_index``) or a
                 multi-hot width other than ``C``.
         """
-        local = count_labels(labels, self.num_classes, self.ignore_index)
+        ignore_index = getattr(self.config, "ignore_index", IGNORE_INDEX)
+        local = count_labels(labels, self.num_classes, ignore_index)
         self.counts += all_reduce_sum(local.to(self.counts.device))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, {super().extra_repr()}"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
 from ..functional.class_balanced import Counts
-from ..functional.class_prior import check_zero_count
-from ..functional.cross_entropy import ClassWeight
-from ..functional.ldam import check_ldam_args, ldam_loss, ldam_margins
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
+from ..functional.ldam import LDAMConfig, class_margins
 from .counts import ClassCountsModule
 
 __all__ = ["LDAMLoss"]
@@ -80,34 +78,14 @@ class LDAMLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        super().__init__(counts, num_classes=num_classes, ignore_index=ignore_index)
-        self.max_margin, self.scale = check_ldam_args(max_margin, scale)
-        self.reduction = _checks.check_reduction(reduction)
-        self.zero_count = check_zero_count(zero_count)
-        if counts is not None:
-            self.margins()  # a missing class fails now
+        config = LDAMConfig(zero_count, reduction, ignore_index, max_margin, scale)
+        super().__init__(counts, num_classes=num_classes, config=config)
 
     def margins(self) -> torch.Tensor:
         """The current margins :math:`\\Delta_c` ``[C]`` (float64), from the ``counts`` buffer."""
-        return ldam_margins(self.counts, max_margin=self.max_margin, zero_count=self.zero_count)
+        return class_margins(self.config, self.config.check_counts(self.counts))
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return ldam_loss(
-            logits,
-            target,
-            self.counts,
-            max_margin=self.max_margin,
-            scale=self.scale,
-            weight=weight,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            zero_count=self.zero_count,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, max_margin={self.max_margin}, "
-            f"scale={self.scale}, reduction={self.reduction!r}, zero_count={self.zero_count!r}"
-        )
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
 from ..functional.class_balanced import Counts
-from ..functional.class_prior import check_zero_count, counts_without_zeros
-from ..functional.cross_entropy import ClassWeight
+from ..functional.cross_entropy import ClassWeight, adjusted_cross_entropy
 from ..functional.logit_adjustment import (
-    check_tau,
-    logit_adjusted_loss,
-    post_hoc_logit_adjustment,
+    LogitAdjustedConfig,
+    PostHocAdjustmentConfig,
+    post_hoc_adjustment,
 )
 from .counts import ClassCountsModule
 
@@ -76,32 +74,13 @@ class LogitAdjustedLoss(ClassCountsModule):
         ignore_index: int = -100,
         zero_count: str = "error",
     ) -> None:
-        super().__init__(counts, num_classes=num_classes, ignore_index=ignore_index)
-        self.tau = check_tau(tau)
-        self.reduction = _checks.check_reduction(reduction)
-        self.zero_count = check_zero_count(zero_count)
-        if counts is not None:
-            counts_without_zeros(self.counts, zero_count=zero_count)  # a missing class fails now
+        config = LogitAdjustedConfig(zero_count, reduction, ignore_index, tau)
+        super().__init__(counts, num_classes=num_classes, config=config)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: ClassWeight = None
     ) -> torch.Tensor:
-        return logit_adjusted_loss(
-            logits,
-            target,
-            self.counts,
-            tau=self.tau,
-            weight=weight,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            zero_count=self.zero_count,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, tau={self.tau}, reduction={self.reduction!r}, "
-            f"zero_count={self.zero_count!r}"
-        )
+        return adjusted_cross_entropy(self.config, logits, target, self.counts, weight)
 
 
 class PostHocLogitAdjustment(ClassCountsModule):
@@ -153,16 +132,8 @@ class PostHocLogitAdjustment(ClassCountsModule):
         tau: float = 1.0,
         zero_count: str = "error",
     ) -> None:
-        super().__init__(counts, num_classes=num_classes)
-        self.tau = check_tau(tau)
-        self.zero_count = check_zero_count(zero_count)
-        if counts is not None:
-            counts_without_zeros(self.counts, zero_count=zero_count)  # a missing class fails now
+        config = PostHocAdjustmentConfig(zero_count=zero_count, tau=tau)
+        super().__init__(counts, num_classes=num_classes, config=config)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return post_hoc_logit_adjustment(
-            logits, self.counts, tau=self.tau, zero_count=self.zero_count
-        )
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, tau={self.tau}, zero_count={self.zero_count!r}"
+        return post_hoc_adjustment(self.config, logits, self.counts)
