@@ -283,6 +283,8 @@ def build_datasets(
                 f"data source {source!r} is neither 'synthetic', 'hannover' nor an existing folder"
             )
         builder = functools.partial(_folder, root)
-    if fold is not None and not (isinstance(fold, tuple) and len(fold) == 2 and 0 <= fold[0] < fold[1]):
+    if fold is not None and not (
+        isinstance(fold, tuple) and len(fold) == 2 and 0 <= fold[0] < fold[1]
+    ):
         raise ValueError(f"fold must be (index, k) with 0 <= index < k, got {fold!r}")
     return _call(builder, source, options, image_size=image_size, seed=seed, fold=fold)

@@ -36,7 +36,6 @@ if __package__ in (None, ""):
 from examples.deep_pneumonia import finetune as finetune_stage
 from examples.deep_pneumonia import pretrain as pretrain_stage
 from examples.deep_pneumonia.checkpoint import RunMismatch, remove_stale_temporaries
-from examples.deep_pneumonia.crossval import run_crossval
 from examples.deep_pneumonia.config import (
     PRESETS,
     SECTIONS,
@@ -45,6 +44,7 @@ from examples.deep_pneumonia.config import (
     parse_value,
     preset,
 )
+from examples.deep_pneumonia.crossval import run_crossval
 from examples.deep_pneumonia.data import DataSplits, build_datasets
 from examples.deep_pneumonia.evaluate import evaluate
 from examples.deep_pneumonia.finetune import finetune, load_finetuned
@@ -86,7 +86,9 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if cfg.folds and cfg.fold is None:
-        raise ValueError("setting 'folds' runs every fold: use crossval.run_crossval, or set 'fold'")
+        raise ValueError(
+            "setting 'folds' runs every fold: use crossval.run_crossval, or set 'fold'"
+        )
     rt = setup_runtime(cfg)
     try:
         splits = _prepare(cfg, out, rt, stage)
