@@ -67,6 +67,8 @@ from examples.deep_pneumonia.training import (
 __all__ = ["build_parser", "config_from_args", "main", "run_pipeline"]
 
 STAGES = ("all", "pretrain", "finetune", "evaluate")
+# The preset a data source starts from when --preset is not given (else "quick").
+SOURCE_PRESETS = {"covid-cxr-segmentations": "covid_cxr"}
 History = list[dict[str, float]]
 
 
@@ -185,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/deep_pneumonia"), help="run folder")
     parser.add_argument("--stage", choices=STAGES, default="all", help="run one stage, or all")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="quick", help="the settings to start from"
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="the settings to start from (default: covid_cxr for --data "
+        "covid-cxr-segmentations, else quick)",
     )
     parser.add_argument(
         "--smoke", dest="preset", action="store_const", const="smoke", help="--preset smoke (CI)"
@@ -224,8 +230,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             changes[f.name] = parse_value(f.name, value) if isinstance(value, str) else value
+    name = args.preset or SOURCE_PRESETS.get(changes.get("data"), "quick")
     if args.data_option:
-        options = dict(changes.get("data_options", PRESETS[args.preset].get("data_options", {})))
+        options = dict(changes.get("data_options", PRESETS[name].get("data_options", {})))
         for item in args.data_option:
             key, sep, value = item.partition("=")
             if not sep:
@@ -235,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             except json.JSONDecodeError:
                 options[key] = value
         changes["data_options"] = options
-    return preset(args.preset, **changes)
+    return preset(name, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
