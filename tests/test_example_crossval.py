@@ -23,7 +23,7 @@ from examples.deep_pneumonia.data import build_datasets
 from examples.deep_pneumonia.run import main, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("example")
+pytestmark = pytest.mark.xdist_group("crossval")
 
 
 def _cfg(**changes: Any) -> Config:
