@@ -20,9 +20,12 @@ from .dataset import XrayDataset
 from .folder import ImageFolderDataset, ImageRecord, read_folder
 from .hannover import DEFAULT_HANNOVER_DIR, hannover_records
 from .phantom import CLASS_NAMES, DEFAULT_CLASS_FRACTIONS, PhantomDataset, phantom_labels
-from .splits import DEFAULT_SPLIT_FRACTIONS, grouped_stratified_split
+from .splits import DEFAULT_SPLIT_FRACTIONS, grouped_stratified_split, patient_kfold
 
 __all__ = ["DataSplits", "build_datasets"]
+
+# ``(index, k)``: fold ``index`` of a k-fold cross-validation.
+Fold = Optional[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,19 @@ class DataSplits:
 
 
 def _split(
-    labels: Sequence[int], groups: Sequence[str], fractions: Sequence[float], seed: int
+    labels: Sequence[int],
+    groups: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    fold: Fold = None,
 ) -> list[list[int]]:
+    """Train/val/test indices: one grouped stratified split, or fold ``fold`` of a k-fold."""
     if len(fractions) != 3:
         raise ValueError(f"split_fractions must be (train, val, test), got {tuple(fractions)}")
+    if fold is not None:
+        index, k = fold
+        val_fraction = fractions[1] / (fractions[0] + fractions[1])
+        return list(patient_kfold(labels, groups, k, seed=seed, val_fraction=val_fraction)[index])
     parts = grouped_stratified_split(labels, groups, fractions, seed=seed)
     empty = [name for name, part in zip(("train", "val", "test"), parts) if not part]
     if empty:
@@ -54,6 +66,7 @@ def _synthetic(
     *,
     image_size: int,
     seed: int,
+    fold: Fold = None,
     num_images: int = 600,
     class_fractions: Sequence[float] = DEFAULT_CLASS_FRACTIONS,
     shortcut_markers: bool = False,
@@ -62,7 +75,7 @@ def _synthetic(
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
 ) -> DataSplits:
     labels = phantom_labels(num_images, class_fractions, seed=seed)
-    parts = _split(labels, [str(i) for i in range(num_images)], split_fractions, seed)
+    parts = _split(labels, [str(i) for i in range(num_images)], split_fractions, seed, fold)
 
     def make(indices: list[int], correlation: float) -> PhantomDataset:
         return PhantomDataset(
@@ -93,13 +106,14 @@ def _from_records(
     seed: int,
     split_fractions: Sequence[float],
     cache: bool,
+    fold: Fold,
 ) -> DataSplits:
     labels, patients = [r.label for r in records], [r.patient_id for r in records]
     train, val, test = (
         ImageFolderDataset(
             [records[i] for i in part], class_names, image_size=image_size, cache=cache
         )
-        for part in _split(labels, patients, split_fractions, seed)
+        for part in _split(labels, patients, split_fractions, seed, fold)
     )
     return DataSplits(train, val, test, class_names)
 
@@ -108,6 +122,7 @@ def _hannover(
     *,
     image_size: int,
     seed: int,
+    fold: Fold = None,
     root: Union[str, Path, None] = None,
     task: str = "icu",
     icu_days: int = 7,
@@ -123,6 +138,7 @@ def _hannover(
         seed=seed,
         split_fractions=split_fractions,
         cache=True,
+        fold=fold,
     )
 
 
@@ -130,6 +146,7 @@ def _covid_cxr(
     *,
     image_size: int,
     seed: int,
+    fold: Fold = None,
     root: Union[str, Path, None] = None,
     task: str = "covid",
     lesion_classes: Sequence[str] = DEFAULT_LESION_CLASSES,
@@ -143,7 +160,7 @@ def _covid_cxr(
     )
     train, val, test = (
         dataset.subset(part)
-        for part in _split(dataset.targets, dataset.patient_ids, split_fractions, seed)
+        for part in _split(dataset.targets, dataset.patient_ids, split_fractions, seed, fold)
     )
     return DataSplits(train, val, test, dataset.class_names)
 
@@ -153,6 +170,7 @@ def _folder(
     *,
     image_size: int,
     seed: int,
+    fold: Fold = None,
     class_names: Optional[Sequence[str]] = None,
     cache: bool = False,
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
@@ -176,6 +194,7 @@ def _folder(
         seed=seed,
         split_fractions=split_fractions,
         cache=cache,
+        fold=fold,
     )
 
 
@@ -186,22 +205,25 @@ def _call(
     *,
     image_size: int,
     seed: int,
+    fold: Fold,
 ) -> DataSplits:
     parameters = inspect.signature(builder).parameters.items()
     allowed = [
         name
         for name, p in parameters
-        if p.kind is p.KEYWORD_ONLY and name not in ("image_size", "seed")
+        if p.kind is p.KEYWORD_ONLY and name not in ("image_size", "seed", "fold")
     ]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(
             f"unknown option(s) {unknown} for data source {source!r}; allowed: {allowed}"
         )
-    return builder(image_size=image_size, seed=seed, **options)
+    return builder(image_size=image_size, seed=seed, fold=fold, **options)
 
 
-def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -> DataSplits:
+def build_datasets(
+    source: str, *, image_size: int, seed: int, fold: Fold = None, **options: Any
+) -> DataSplits:
     """Build the train, validation and test data sets of ``source``.
 
     Args:
@@ -211,6 +233,10 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
             or the path of a folder data set.
         image_size: side length S of every image and mask.
         seed: seeds the phantom and the split.
+        fold: ``(index, k)``: the splits of fold ``index`` of a patient-grouped,
+            stratified k-fold cross-validation (:func:`.splits.patient_kfold`, the
+            validation share ``val / (train + val)`` of ``split_fractions``) instead of
+            the one split; every image is tested in exactly one of the k folds.
         **options: per source (all optional), and ``split_fractions`` (train, val,
             test; default 0.7/0.15/0.15) for every source.
 
@@ -257,4 +283,8 @@ def build_datasets(source: str, *, image_size: int, seed: int, **options: Any) -
                 f"data source {source!r} is neither 'synthetic', 'hannover' nor an existing folder"
             )
         builder = functools.partial(_folder, root)
-    return _call(builder, source, options, image_size=image_size, seed=seed)
+    if fold is not None and not (
+        isinstance(fold, tuple) and len(fold) == 2 and 0 <= fold[0] < fold[1]
+    ):
+        raise ValueError(f"fold must be (index, k) with 0 <= index < k, got {fold!r}")
+    return _call(builder, source, options, image_size=image_size, seed=seed, fold=fold)

@@ -2,17 +2,23 @@
 
 On the test split: per-class precision, recall, F1 and one-vs-rest ROC AUC, macro-F1,
 balanced accuracy and the confusion matrix (scikit-learn), against the majority-class
-baseline (always predict the most frequent training class). Where the lesion is
-annotated, the *attention mass inside the lesion*: the fraction of the map's mass
-that falls on the mask (resized to the map by area), for the predicted attention map
-and for the class activation map of the predicted class; the mean lesion area is
-the value a map spread uniformly would get.
+baseline (always predict the most frequent training class).
+
+Where the model looks (:mod:`.localisation`), for the predicted attention map (when
+the network has one) and for the ReLU'd class activation map of the *predicted* class
+(what the model's decision rests on, as Grad-CAM explains a decision): on the images
+with an annotated, non-empty lesion mask, the mass inside the lesion, the pointing
+game and the IoU of the map thresholded at half its maximum; where the data set has
+device and lung masks (:mod:`.covid_cxr`), the mass on devices and outside the lungs,
+the shortcut audit. Each comes with the uniform map's value (the region's area),
+the reference a map must beat (:func:`localisation_summary`, the ``localisation``
+entry of the metrics; ``lesion_attention`` keeps the lesion masses alone).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,8 +32,9 @@ from sklearn.metrics import (
 )
 from torch.utils.data import Dataset
 
-from contrast_attn.functional import class_activation_map, resize_mask
+from contrast_attn.functional import class_activation_map
 
+from .localisation import localisation_metrics, summarise
 from .model import DeepPneumoniaNet
 from .training import Runtime, make_loader
 
@@ -36,9 +43,21 @@ __all__ = [
     "classification_metrics",
     "evaluate",
     "lesion_maps",
-    "lesion_mass",
+    "localisation_summary",
     "predict",
 ]
+
+# The maps the evaluation localises, and the metrics of each (see :mod:`.localisation`).
+MAPS = ("attention", "cam")
+LOCALISATION_METRICS = ("lesion_mass", "pointing", "iou", "device_mass", "outside_lung_mass")
+# A uniform map's value of each metric: the area of the metric's region.
+UNIFORM = {
+    "lesion_mass": "lesion_area",
+    "pointing": "lesion_area",
+    "iou": "lesion_area",
+    "device_mass": "device_area",
+    "outside_lung_mass": "outside_lung_area",
+}
 
 
 @dataclass
@@ -51,6 +70,9 @@ class Predictions:
         attention_mass: ``[N]`` attention mass inside the lesion (NaN where undefined).
         cam_mass: ``[N]`` the same for the class activation map.
         lesion_area: ``[N]`` fraction of the image the lesion covers (NaN where undefined).
+        localisation: per map (``"attention"``, ``"cam"``), the ``[N]`` arrays of
+            :func:`.localisation.localisation_metrics` (NaN where undefined); a map the
+            network does not have is absent.
     """
 
     labels: np.ndarray
@@ -58,6 +80,7 @@ class Predictions:
     attention_mass: np.ndarray
     cam_mass: np.ndarray
     lesion_area: np.ndarray
+    localisation: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -76,19 +99,15 @@ def lesion_maps(
     return out.logits, out.attention, cam
 
 
-def lesion_mass(maps: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Fraction of each map's mass inside its lesion; NaN without annotation, lesion or mass.
-
-    Args:
-        maps: ``[B, 1, H, W]`` non-negative maps.
-        mask: ``[B, 1, h, w]`` lesion masks in {0, 1}.
-        valid: ``[B]`` whether each mask is annotated.
-    """
-    target = resize_mask(mask, maps.shape[-2:])
-    mass = maps.flatten(1).sum(dim=1)
-    inside = (maps * target).flatten(1).sum(dim=1) / mass.clamp_min(1e-12)
-    defined = valid & (mask.flatten(1).amax(dim=1) > 0) & (mass > 0)
-    return torch.where(defined, inside, torch.full_like(inside, math.nan))
+def _localise(maps: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The localisation metrics of a batch's maps against its lesion, device and lung masks."""
+    return localisation_metrics(
+        maps.float().cpu(),
+        batch["mask"],
+        device=batch.get("device_mask"),
+        lung=batch.get("lung_mask"),
+        valid=batch["mask_valid"],
+    )
 
 
 @torch.no_grad()
@@ -97,27 +116,29 @@ def predict(
 ) -> Predictions:
     """Run ``net`` over ``dataset`` (no augmentation) on this process."""
     net.eval()
-    labels, probs, attention, cams, areas = [], [], [], [], []
+    labels, probs = [], []
+    found: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in MAPS}
     for batch in make_loader(dataset, batch_size, rt, train=False):
-        images = batch["image"].to(rt.device)
-        mask = batch["mask"].to(rt.device)
-        valid = batch["mask_valid"].to(rt.device)
         with rt.autocast():
-            logits, attn, cam = lesion_maps(net, images)
+            logits, attention, cam = lesion_maps(net, batch["image"].to(rt.device))
         probs.append(logits.float().softmax(dim=1).cpu())
         labels.append(batch["label"])
-        cams.append(lesion_mass(cam.float(), mask, valid).cpu())
-        nan = torch.full((images.shape[0],), math.nan)
-        attention.append(nan if attn is None else lesion_mass(attn.float(), mask, valid).cpu())
-        has_lesion = valid & (mask.flatten(1).amax(dim=1) > 0)
-        area = mask.flatten(1).mean(dim=1)
-        areas.append(torch.where(has_lesion, area, torch.full_like(area, math.nan)).cpu())
+        for name, maps in zip(MAPS, (attention, cam)):
+            if maps is not None:
+                found[name].append(_localise(maps, batch))
+    localisation = {
+        name: {key: torch.cat([part[key] for part in parts]).numpy() for key in parts[0]}
+        for name, parts in found.items()
+        if parts
+    }
+    nan = np.full(len(dataset), math.nan)  # type: ignore[arg-type]
     return Predictions(
         labels=torch.cat(labels).numpy(),
         probs=torch.cat(probs).double().numpy(),
-        attention_mass=torch.cat(attention).double().numpy(),
-        cam_mass=torch.cat(cams).double().numpy(),
-        lesion_area=torch.cat(areas).double().numpy(),
+        attention_mass=localisation.get("attention", {}).get("lesion_mass", nan),
+        cam_mass=localisation["cam"]["lesion_mass"],
+        lesion_area=localisation["cam"]["lesion_area"],
+        localisation=localisation,
     )
 
 
@@ -211,4 +232,47 @@ def evaluate(
 ) -> dict[str, Any]:
     """The metrics of ``net`` on ``dataset`` (see :func:`classification_metrics`)."""
     class_names: list[str] = list(dataset.class_names)  # type: ignore[attr-defined]
-    return classification_metrics(predict(net, dataset, rt, batch_size), class_names, train_counts)
+    pred = predict(net, dataset, rt, batch_size)
+    metrics = classification_metrics(pred, class_names, train_counts)
+    metrics["localisation"] = localisation_summary(pred)
+    return metrics
+
+
+def _count(values: np.ndarray | None) -> int:
+    return 0 if values is None else int(np.isfinite(values).sum())
+
+
+def localisation_summary(pred: Predictions) -> dict[str, Any]:
+    """The ``localisation`` entry of the metrics: each map's mean metrics and the uniform map's.
+
+    Every mean is over the images where the metric is defined (:mod:`.localisation`):
+    lesion metrics over images with an annotated, non-empty lesion (``num_images``),
+    ``device_mass`` over those with a device (``num_device_images``), ``outside_lung_mass``
+    over those with a lung mask (``num_lung_images``); ``None`` where no image has
+    one, or for a map the network does not have.
+
+    Returns:
+        ``{"cam_class": "predicted", "threshold": 0.5, "num_images": ...,
+        "num_device_images": ..., "num_lung_images": ..., "attention": {...} or None,
+        "cam": {...}, "uniform": {...}}``, each map's entry holding
+        :data:`LOCALISATION_METRICS`.
+    """
+    cam = pred.localisation.get("cam", {})
+    uniform = summarise({k: cam[v] for k, v in UNIFORM.items() if v in cam})
+    maps: dict[str, Any] = {}
+    for name in MAPS:
+        values = pred.localisation.get(name)
+        if values is None:
+            maps[name] = None
+            continue
+        means = summarise({k: values[k] for k in LOCALISATION_METRICS if k in values})
+        maps[name] = {k: means.get(k) for k in LOCALISATION_METRICS}
+    return {
+        "cam_class": "predicted",
+        "threshold": 0.5,
+        "num_images": _count(cam.get("lesion_area")),
+        "num_device_images": _count(cam.get("device_area")),
+        "num_lung_images": _count(cam.get("outside_lung_area")),
+        **maps,
+        "uniform": {k: uniform.get(k) for k in LOCALISATION_METRICS},
+    }

@@ -1,4 +1,4 @@
-"""Figures of a run (matplotlib, Agg backend): curves, confusion matrix, attention overlays."""
+"""Figures of a run (matplotlib, Agg backend): curves, confusion matrix, map overlays."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .evaluate import lesion_maps
+from .localisation import overlay_figure
 from .model import DeepPneumoniaNet
 from .training import Runtime
 
@@ -82,46 +82,55 @@ def confusion_matrix_plot(matrix: list[list[int]], class_names: list[str], path:
 
 @torch.no_grad()
 def attention_overlays(
-    net: DeepPneumoniaNet, dataset: Dataset[Any], rt: Runtime, path: Path, per_class: int = 3
+    net: DeepPneumoniaNet,
+    dataset: Dataset[Any],
+    rt: Runtime,
+    path: Path,
+    per_class: int = 3,
+    *,
+    kind: str = "auto",
 ) -> None:
-    """For test images of each class: the image, and the predicted attention (the CAM
-    without an attention module) over it with the ground-truth lesion contour."""
+    """For up to ``per_class`` test images of each class: a map over the image with the
+    contours of its lesion (green), devices (red) and lungs (cyan, dashed) where known.
+
+    ``kind``: ``"attention"`` (the predicted attention map), ``"cam"`` (the ReLU'd class
+    activation map of the predicted class) or ``"auto"`` (the attention where the
+    network has it, else the CAM).
+    """
+    if kind not in ("auto", "attention", "cam"):
+        raise ValueError(f"kind must be 'auto', 'attention' or 'cam', got {kind!r}")
+    if kind == "auto":
+        kind = "attention" if net.attention is not None else "cam"
     class_names: list[str] = list(dataset.class_names)  # type: ignore[attr-defined]
     targets: list[int] = list(dataset.targets)  # type: ignore[attr-defined]
-    chosen = [
-        [i for i, t in enumerate(targets) if t == c][:per_class] for c in range(len(class_names))
-    ]
+    chosen = [i for c in range(len(class_names)) for i in [j for j, t in enumerate(targets) if t == c][:per_class]]  # fmt: skip
     net.eval()
-    fig, axes = plt.subplots(
-        len(class_names),
-        2 * per_class,
-        figsize=(2.0 * 2 * per_class, 2.1 * len(class_names)),
-        squeeze=False,
+    panels: dict[str, list[Any]] = {k: [] for k in ("images", "maps", "lesions", "devices", "lungs", "titles")}  # fmt: skip
+    for index in chosen:
+        sample = dataset[index]
+        logits, attention, cam = lesion_maps(net, sample["image"][None].to(rt.device))
+        heat = attention if kind == "attention" else cam
+        if heat is None:
+            raise ValueError("kind 'attention' needs a network with attention")
+        annotated = bool(sample["mask_valid"])
+        panels["images"].append(sample["image"][0])
+        panels["maps"].append(heat[0, 0].float().cpu())
+        panels["lesions"].append(sample["mask"][0] if annotated else None)
+        panels["devices"].append(sample.get("device_mask"))
+        panels["lungs"].append(sample.get("lung_mask"))
+        predicted = class_names[int(logits.argmax())]
+        panels["titles"].append(f"{class_names[targets[index]]} -> {predicted}")
+    figure = overlay_figure(
+        panels["images"],
+        panels["maps"],
+        panels["lesions"],
+        devices=panels["devices"],
+        lungs=panels["lungs"],
+        titles=panels["titles"],
+        columns=per_class,
     )
-    for row, indices in enumerate(chosen):
-        for col in range(per_class):
-            left, right = axes[row, 2 * col], axes[row, 2 * col + 1]
-            left.axis("off")
-            right.axis("off")
-            if col >= len(indices):
-                continue
-            sample = dataset[indices[col]]
-            image = sample["image"][None].to(rt.device)
-            logits, attention, cam = lesion_maps(net, image)
-            heat = attention if attention is not None else cam / cam.amax().clamp_min(1e-12)
-            heat = F.interpolate(heat.float(), size=image.shape[-2:], mode="bilinear")
-            predicted = class_names[int(logits.argmax())]
-            pixels = sample["image"][0].numpy()
-            left.imshow(pixels, cmap="gray", vmin=0, vmax=1)
-            left.set_title(f"{class_names[row]}", fontsize=8)
-            right.imshow(pixels, cmap="gray", vmin=0, vmax=1)
-            right.imshow(heat[0, 0].cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            mask = sample["mask"][0].numpy()
-            if bool(sample["mask_valid"]) and mask.max() > 0:
-                right.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-            right.set_title(f"pred: {predicted}", fontsize=8)
-    kind = "attention" if net.attention is not None else "class activation map"
-    fig.suptitle(f"{kind} (colour) and lesion mask (white contour)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    name = "attention map" if kind == "attention" else "class activation map (predicted class)"
+    figure.suptitle(f"{name}; true -> predicted class", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .config import Config
 
-__all__ = ["write_report"]
+__all__ = ["localisation_lines", "write_cv_report", "write_report"]
 
 
 def _fmt(value: float | None) -> str:
@@ -76,6 +76,7 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
         f" class activation map {_fmt(lesion['cam_mass'])}; a uniform map would give the mean"
         f" lesion area, {_fmt(lesion['lesion_area_fraction'])}.",
         "",
+        *localisation_lines(metrics.get("localisation")),
         "## Figures",
         "",
         "![training curves](plots/curves.png)",
@@ -84,5 +85,81 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
         "",
         "![attention overlays](plots/attention.png)",
         "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+_LOCALISATION_ROWS = (
+    ("lesion_mass", "mass inside the lesion"),
+    ("pointing", "pointing game (maximum in the lesion)"),
+    ("iou", "IoU of the map at half its maximum"),
+    ("device_mass", "mass on devices"),
+    ("outside_lung_mass", "mass outside the lungs"),
+)
+
+
+def _cell(value: Any) -> str:
+    """A number, or ``mean ± std`` of an aggregated one (see :func:`.crossval.aggregate`)."""
+    if isinstance(value, dict):
+        if value.get("mean") is None:
+            return "n/a"
+        std = value.get("std")
+        return f"{value['mean']:.3f}" + ("" if std is None else f" ± {std:.3f}")
+    return _fmt(value)
+
+
+def localisation_lines(localisation: dict[str, Any] | None) -> list[str]:
+    """The localisation table of a run's (or a cross-validation's) metrics, in Markdown."""
+    if not localisation:
+        return []
+    maps = [name for name in ("attention", "cam") if localisation.get(name)]
+    header = {"attention": "attention map", "cam": "CAM (predicted class)"}
+    lines = [
+        f"Localisation (images with a lesion: {_cell(localisation['num_images'])}, with a device:"
+        f" {_cell(localisation['num_device_images'])}; n/a: no such mask in the data):",
+        "",
+        "| | " + " | ".join(header[m] for m in maps) + " | uniform map |",
+        "|---" * (len(maps) + 2) + "|",
+    ]
+    for key, label in _LOCALISATION_ROWS:
+        cells = [_cell(localisation[m][key]) for m in maps] + [_cell(localisation["uniform"][key])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def write_cv_report(cfg: Config, summary: dict[str, Any], path: Path) -> None:
+    """Write the Markdown report of a cross-validation (mean ± std over folds) to ``path``."""
+    rows = [
+        ("macro-F1", "macro_f1"),
+        ("balanced accuracy", "balanced_accuracy"),
+        (f"recall of the rarest class ({summary['minority_class']})", "minority_recall"),
+        ("macro one-vs-rest ROC AUC", "macro_roc_auc"),
+    ]
+    baseline = summary["majority_baseline"]
+    lines = [
+        f"# Deep Pneumonia, {summary['folds']}-fold cross-validation",
+        "",
+        f"- data: `{cfg.data}`, image size {cfg.image_size}; test images per fold:"
+        f" {summary['num_images']['values']}; seed {cfg.seed}",
+        f"- per fold: {', '.join(f'[{d}]({d}/report.md)' for d in summary['fold_dirs'])}",
+        "",
+        "Mean ± standard deviation over folds:",
+        "",
+        "| | model | majority-class baseline |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {_cell(summary[key])} | {_cell(baseline.get(key, 0.5))} |"
+            for label, key in rows
+        ),
+        "",
+        "| class | precision | recall | F1 | ROC AUC |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])}"
+            f" | {_cell(row['roc_auc'])} |"
+            for name, row in summary["per_class"].items()
+        ),
+        "",
+        *localisation_lines(summary.get("localisation")),
     ]
     path.write_text("\n".join(lines))

@@ -5,13 +5,18 @@ to ``runs/deep_pneumonia``::
 
     python examples/deep_pneumonia/run.py
     python examples/deep_pneumonia/run.py --data hannover   # the real radiographs
+    python examples/deep_pneumonia/run.py --preset covid_cxr   # real lesion masks, 5 folds
+    python examples/deep_pneumonia/run.py --smoke --folds 3   # cross-validation
     python examples/deep_pneumonia/run.py --data my_folder --stage finetune --resume
     python examples/deep_pneumonia/run.py --no-pretrain --no-attention   # ablation
     torchrun --nproc_per_node 2 examples/deep_pneumonia/run.py --out runs/ddp
 
 Outputs: ``config.json``, ``checkpoints/`` (written atomically after every epoch;
 ``--resume`` continues exactly), ``metrics.json``, ``plots/curves.png``,
-``plots/confusion_matrix.png``, ``plots/attention.png`` and ``report.md``.
+``plots/confusion_matrix.png``, ``plots/attention.png`` (the attention map, or the CAM
+without attention; ``plots/cam.png`` too with attention) and ``report.md``. With
+``--folds K`` each fold writes these into ``fold_<k>/`` and ``metrics.json`` and
+``report.md`` of the run folder hold the mean ± std over folds (:mod:`.crossval`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from examples.deep_pneumonia.config import (
     parse_value,
     preset,
 )
+from examples.deep_pneumonia.crossval import run_crossval
 from examples.deep_pneumonia.data import DataSplits, build_datasets
 from examples.deep_pneumonia.evaluate import evaluate
 from examples.deep_pneumonia.finetune import finetune, load_finetuned
@@ -61,6 +67,8 @@ from examples.deep_pneumonia.training import (
 __all__ = ["build_parser", "config_from_args", "main", "run_pipeline"]
 
 STAGES = ("all", "pretrain", "finetune", "evaluate")
+# The preset a data source starts from when --preset is not given (else "quick").
+SOURCE_PRESETS = {"covid-cxr-segmentations": "covid_cxr"}
 History = list[dict[str, float]]
 
 
@@ -79,6 +87,10 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if cfg.folds and cfg.fold is None:
+        raise ValueError(
+            "setting 'folds' runs every fold: use crossval.run_crossval, or set 'fold'"
+        )
     rt = setup_runtime(cfg)
     try:
         splits = _prepare(cfg, out, rt, stage)
@@ -160,6 +172,8 @@ def _write_outputs(
         metrics["confusion_matrix"], splits.class_names, plots / "confusion_matrix.png"
     )
     attention_overlays(net, splits.test, rt, plots / "attention.png")
+    if net.attention is not None:
+        attention_overlays(net, splits.test, rt, plots / "cam.png", kind="cam")
     write_report(cfg, metrics, out / "report.md")
 
 
@@ -173,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/deep_pneumonia"), help="run folder")
     parser.add_argument("--stage", choices=STAGES, default="all", help="run one stage, or all")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="quick", help="the settings to start from"
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="the settings to start from (default: covid_cxr for --data "
+        "covid-cxr-segmentations, else quick)",
     )
     parser.add_argument(
         "--smoke", dest="preset", action="store_const", const="smoke", help="--preset smoke (CI)"
@@ -212,8 +230,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             changes[f.name] = parse_value(f.name, value) if isinstance(value, str) else value
+    name = args.preset or SOURCE_PRESETS.get(changes.get("data"), "quick")
     if args.data_option:
-        options = dict(changes.get("data_options", PRESETS[args.preset].get("data_options", {})))
+        options = dict(changes.get("data_options", PRESETS[name].get("data_options", {})))
         for item in args.data_option:
             key, sep, value = item.partition("=")
             if not sep:
@@ -223,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             except json.JSONDecodeError:
                 options[key] = value
         changes["data_options"] = options
-    return preset(args.preset, **changes)
+    return preset(name, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -235,15 +254,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, TypeError) as error:
         parser.error(str(error))
     try:
-        metrics = run_pipeline(cfg, args.out, args.stage)
-    except RunMismatch as error:
+        if cfg.folds:
+            metrics = run_crossval(cfg, args.out, args.stage)
+        else:
+            metrics = run_pipeline(cfg, args.out, args.stage)
+    except (RunMismatch, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     if metrics is not None:
-        baseline = metrics["majority_baseline"]["macro_f1"]
-        print(
-            f"test macro-F1 {metrics['macro_f1']:.3f} (majority-class baseline {baseline:.3f}), "
-            f"balanced accuracy {metrics['balanced_accuracy']:.3f}; report: {args.out / 'report.md'}"
-        )
+        print(_summary_line(metrics) + f"; report: {args.out / 'report.md'}")
+
+
+def _summary_line(metrics: dict[str, Any]) -> str:
+    """The headline numbers of a run, or their mean ± std over the folds of a cross-validation."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, dict):
+            return f"{value['mean']:.3f} ± {value['std'] or 0.0:.3f}"
+        return f"{value:.3f}"
+
+    over = f" (mean ± std over {metrics['folds']} folds)" if "folds" in metrics else ""
+    baseline = metrics["majority_baseline"]["macro_f1"]
+    return (
+        f"test macro-F1 {show(metrics['macro_f1'])} (majority-class baseline {show(baseline)}),"
+        f" balanced accuracy {show(metrics['balanced_accuracy'])}{over}"
+    )
 
 
 if __name__ == "__main__":
