@@ -8,8 +8,8 @@ site with warnings as errors):
   ``module``) directive on an API page, and every documented name exists;
 - (every Python block of the pages runs as pasted: ``tests/test_docs_blocks.py``);
 - the "own data" tutorial documents the example's own flags and no flag ``run.py`` lacks;
-- the example's defaults quoted by the paper page, the attention guide and the tutorial
-  are those of its ``Config``;
+- the example's defaults quoted by the paper page, the guides and the tutorials are
+  those of its ``Config``, and so is every :math:`\\lambda_g` or :math:`\\lambda_r` a page quotes;
 - ``benchmarks/README.md``, as the benchmarks page renders it, is clean markup.
 """
 
@@ -161,6 +161,16 @@ def test_example_defaults_in_the_docs_are_the_configs() -> None:
             f" {number(cfg.attention_lr_scale)}×",
             f"guidance weight\n  {number(cfg.guidance_weight)})",
         ],
+        "guide/regularizer.rst": [
+            rf"the example uses :math:`\lambda_r = {number(cfg.regularizer_weight)}`, with"
+            rf" :math:`\lambda_g = {number(cfg.guidance_weight)}` for the guidance loss",
+        ],
+        "tutorials/attention_backbone.rst": [
+            f"+ {cfg.guidance_weight!r} * guidance(model.attention.last_logits",
+            f"+ {cfg.regularizer_weight!r} * regularizer(features",
+            rf"the example's defaults, :math:`\lambda_g = {number(cfg.guidance_weight)}`",
+            rf":math:`\lambda_r = {number(cfg.regularizer_weight)}` for the regulariser",
+        ],
         "tutorials/own_data.rst": [
             rf":math:`\lambda_g` (default {number(cfg.guidance_weight)})",
             rf":math:`\lambda_r` (default {number(cfg.regularizer_weight)})",
@@ -175,6 +185,21 @@ def test_example_defaults_in_the_docs_are_the_configs() -> None:
         text = " ".join((DOCS / page).read_text(encoding="utf-8").split())
         for quote in expected:
             assert " ".join(quote.split()) in text, f"docs/{page} does not say {quote!r}"
+
+
+def test_every_quoted_loss_weight_is_the_configs() -> None:
+    """Wherever a page writes :math:`\\lambda_g = x` or :math:`\\lambda_r = x`, x is the default."""
+    pytest.importorskip("torchvision")
+    cfg = importlib.import_module("examples.deep_pneumonia.config").Config()
+    default = {"g": cfg.guidance_weight, "r": cfg.regularizer_weight}
+    quoted = re.compile(r"\\lambda_([gr])`?\s*(?:=|\(default)\s*([0-9.]+[0-9])")
+    wrong = []
+    for page in sorted(DOCS.rglob("*.rst")):
+        text = " ".join(page.read_text(encoding="utf-8").split())
+        for weight, value in quoted.findall(text):
+            if float(value) != default[weight]:
+                wrong.append(f"{page.relative_to(DOCS)}: lambda_{weight} = {value}")
+    assert not wrong, f"pages quote other defaults than the example's Config: {wrong}"
 
 
 def test_tiling_constants_match_the_docs() -> None:
