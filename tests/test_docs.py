@@ -214,3 +214,37 @@ def test_tiling_constants_match_the_docs() -> None:
         assert f":math:`{side}^2`" in text, f"docs/{page} quotes another dense/tiled threshold"
     scale = (DOCS / "tutorials" / "scale.rst").read_text(encoding="utf-8")
     assert f"about {_tiled.TILE_BYTES >> 20} MiB" in scale
+
+
+def test_repository_version_and_citation_agree() -> None:
+    """The theme's repository link, CITATION.cff and the citation page name one repository."""
+    root = DOCS.parent
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    homepage = re.search(r'^Homepage = "([^"]+)"', pyproject, re.MULTILINE)
+    assert homepage, "pyproject.toml has no Homepage URL"
+    url = homepage.group(1)
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    assert f'REPOSITORY = "{url}"' in conf, "docs/conf.py links another repository"
+    cff = (root / "CITATION.cff").read_text(encoding="utf-8")
+    assert f'repository-code: "{url}"' in cff
+    assert f"version: {contrast_attn.__version__}" in cff, "CITATION.cff has another version"
+    citation = (DOCS / "citation.rst").read_text(encoding="utf-8")
+    assert f"url     = {{{url}}}" in citation
+    assert f"version = {{{contrast_attn.__version__}}}" in citation
+    rtd = (root / ".readthedocs.yaml").read_text(encoding="utf-8")
+    assert "configuration: docs/conf.py" in rtd and "fail_on_warning: true" in rtd
+
+
+def test_inventories_are_the_scripts_output() -> None:
+    """docs/_inv/*.inv are what docs/_inv/make_inventories.py writes (no hand edits, no drift)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_inventories", DOCS / "_inv" / "make_inventories.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for project, (_, version, entries) in module.INVENTORIES.items():
+        path = DOCS / "_inv" / f"{project}.inv"
+        assert path.read_bytes() == module.inventory(project, version, entries), (
+            f"{path} is stale: run python docs/_inv/make_inventories.py"
+        )

@@ -112,3 +112,21 @@ def test_the_checker_sees_raw_markup() -> None:
     assert RAW_MARKUP.search(text).group(0) == "**"  # type: ignore[union-attr]
     assert "needs equal batches.**" in text
     assert not any(hidden in text for hidden in ("kwargs", "a ** 2", "options", "**kw"))
+
+
+def test_torch_and_python_names_link_to_their_docs(site: Path) -> None:
+    """intersphinx from the local inventories: type names link to pytorch.org and python.org."""
+    page = (site / "api" / "functional.html").read_text(encoding="utf-8")
+    assert 'href="https://docs.pytorch.org/docs/stable/tensors.html#torch.Tensor"' in page
+    assert 'href="https://docs.python.org/3/library/functions.html#float"' in page
+    scale = (site / "tutorials" / "scale.html").read_text(encoding="utf-8")
+    assert "gather_with_grad" in scale
+
+
+def test_gallery_page_shows_figures_or_the_command(site: Path) -> None:
+    page = (site / "gallery" / "index.html").read_text(encoding="utf-8")
+    generated = REPO / "docs" / "gallery" / "_generated"
+    if (generated / "attention.png").is_file() and (generated / "metrics.json").is_file():
+        assert "attention.png" in page and "macro-F1" in page
+    else:
+        assert "This build has no figures" in page and "make_gallery.py" in page

@@ -28,8 +28,8 @@ GENERATED = GALLERY / "_generated"
 FIGURES = (
     (
         "attention.png",
-        "Test images of each class with the predicted attention map and the lesion "
-        "contour (the radiologist's mask).",
+        "Test images of each class: the radiograph, then the predicted attention map in "
+        "colour with the lesion mask's contour in white, and the predicted class.",
     ),
     ("confusion_matrix.png", "Confusion matrix on the test split (rows: true class)."),
     ("curves.png", "Training curves: pre-training loss, fine-tuning losses, validation."),
@@ -95,7 +95,14 @@ class GalleryFigures(Directive):
         text = _summary(metrics, config, command)
         for name, caption in present:
             env.note_dependency(str(GENERATED / name))
-            text += [f".. figure:: _generated/{name}", "   :width: 100%", "", f"   {caption}", ""]
+            width = "60%" if name == "confusion_matrix.png" else "100%"
+            text += [
+                f".. figure:: _generated/{name}",
+                f"   :width: {width}",
+                "",
+                f"   {caption}",
+                "",
+            ]
         self.state_machine.insert_input(StringList(text), "gallery-figures")
         return []
 

@@ -13,7 +13,6 @@ the gallery page. A docs build can also take them straight from a run folder:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import subprocess
@@ -57,11 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         example = REPO / "examples" / "deep_pneumonia" / "run.py"
         cmd = [sys.executable, str(example), "--preset", args.preset, "--out", str(run)]
         subprocess.run(cmd, check=True, cwd=REPO)
-        command = shlex.join(
-            ["python", "examples/deep_pneumonia/run.py", "--preset", args.preset, "--out", "..."]
-        )
-        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        command += f"  # seed {saved.get('seed')}"
+        command = shlex.join(["python", "examples/deep_pneumonia/run.py", "--preset", args.preset])
     for path in collect(run, GENERATED, command):
         print(path.relative_to(REPO))
 
