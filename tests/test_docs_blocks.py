@@ -2,7 +2,8 @@
 
 Each block runs in a fresh interpreter (a subprocess whose working folder is a new
 temporary folder, with the repository root on ``PYTHONPATH``), on CPU, with one
-thread. A block is *self-contained* unless a marker says otherwise. Markers are
+thread. Its lines are at most 88 characters (wider lines scroll on the site). A block
+is *self-contained* unless a marker says otherwise. Markers are
 comments written just above the block (blank lines between are fine), invisible on
 the rendered page:
 
@@ -239,8 +240,18 @@ for where, line, code in json.load(open(sys.argv[1], encoding="utf-8")):
 """
 
 
+# Wider code lines scroll sideways in the site's code boxes (1280-pixel window).
+MAX_LINE = 88
+
+
 def test_block_markers_are_well_formed() -> None:
     blocks, errors = collect()
+    errors += [
+        f"{b.where}: line {b.line + k} has {len(line)} > {MAX_LINE} characters"
+        for b in blocks
+        for k, line in enumerate(b.code.splitlines())
+        if len(line) > MAX_LINE
+    ]
     assert len(blocks) >= 10, f"found only {len(blocks)} Python blocks: is the reader broken?"
     assert not errors, "\n".join(errors)
 
