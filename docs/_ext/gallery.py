@@ -43,14 +43,15 @@ def _copy_from_environment(app: Sphinx) -> None:
     sys.path.insert(0, str(GALLERY))
     from make_gallery import collect  # the same copy as the documented command
 
-    collect(Path(run), GENERATED, f"(figures of the run in {run})")
+    collect(Path(run), GENERATED, f"the run in ``{run}``")
 
 
 def _summary(metrics: dict[str, Any], config: dict[str, Any], command: str) -> list[str]:
     baseline = metrics.get("majority_baseline", {})
     lesion = metrics.get("lesion_attention") or {}
+    made = f"Made by ``{command}``" if command.startswith("python") else f"From {command}"
     lines = [
-        f"Made by ``{command}``: data ``{config.get('data')}`` at {config.get('image_size')} px,"
+        f"{made}: data ``{config.get('data')}`` at {config.get('image_size')} px,"
         f" ``{config.get('arch')}``, {config.get('pretrain_epochs')} pre-training and"
         f" {config.get('epochs')} fine-tuning epochs, seed {config.get('seed')}. On its"
         f" {metrics.get('num_images')} test images: macro-F1 {metrics['macro_f1']:.3f}"

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gallery", help="run folder")
     args = parser.parse_args(argv)
     if args.run is not None:
-        run, command = args.run, f"(figures of the run in {args.run})"
+        run, command = args.run, f"the run in ``{args.run}``"
     else:
         run = args.out
         example = REPO / "examples" / "deep_pneumonia" / "run.py"
