@@ -35,11 +35,9 @@ KNOWN_GAPS: dict[str, str] = {
     "contrast_attn.SupConLoss": "Raises",
     "contrast_attn.finite_checks_enabled": "Examples",
     "contrast_attn.set_finite_checks": "Raises",
-    "contrast_attn.distributed.all_reduce_sum": "Args, Returns, Raises, Examples",
+    "contrast_attn.distributed.all_reduce_sum": "Raises",
     "contrast_attn.distributed.gather_variable_with_grad": "Raises",
     "contrast_attn.distributed.gather_with_grad": "Raises",
-    "contrast_attn.distributed.is_distributed": "Returns, Examples",
-    "contrast_attn.distributed.rank_and_world_size": "Returns, Examples",
 }
 
 
