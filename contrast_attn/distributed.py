@@ -32,12 +32,30 @@ __all__ = [
 
 
 def is_distributed() -> bool:
-    """Whether ``torch.distributed`` is available and initialised."""
+    """Whether ``torch.distributed`` is available and initialised.
+
+    Returns:
+        ``True`` inside an initialised process group, else ``False``.
+
+    Examples:
+        >>> from contrast_attn.distributed import is_distributed
+        >>> is_distributed()  # no process group
+        False
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def rank_and_world_size() -> tuple[int, int]:
-    """``(rank, world_size)``, or ``(0, 1)`` outside a process group."""
+    """``(rank, world_size)``, or ``(0, 1)`` outside a process group.
+
+    Returns:
+        This process's rank and the number of processes of the default group.
+
+    Examples:
+        >>> from contrast_attn.distributed import rank_and_world_size
+        >>> rank_and_world_size()  # no process group
+        (0, 1)
+    """
     if not is_distributed():
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
@@ -135,7 +153,19 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a (detached) tensor over ranks; identity outside a process group.
 
-    Returns a new tensor; the input is not modified.
+    Args:
+        tensor: any shape, the same on every rank (e.g. class counts ``[C]``).
+
+    Returns:
+        A new tensor, the element-wise sum over ranks (a detached copy outside a
+        process group); the input is not modified.
+
+    Examples:
+        >>> import torch
+        >>> from contrast_attn.distributed import all_reduce_sum
+        >>> counts = torch.tensor([3, 1, 2])
+        >>> all_reduce_sum(counts)  # no process group: a copy
+        tensor([3, 1, 2])
     """
     out = tensor.detach().clone()
     if is_distributed() and dist.get_world_size() > 1:

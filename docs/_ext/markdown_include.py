@@ -3,9 +3,11 @@
 ``benchmarks/README.md`` is the one record of the measured numbers; the docs show
 it without a Markdown parser dependency. The subset that such a record uses is
 converted: headings, paragraphs, lists, pipe tables, fenced code, and the inline
-forms ``code``, **bold**, *emphasis* and [links](url). Everything else in running
-text is escaped, so no Markdown can produce reStructuredText markup by accident
-(the docs build treats warnings as errors).
+forms ``code``, **bold**, *emphasis* and [links](url), also where they run over
+several lines of a paragraph or list item. Everything else in running text is
+escaped, so no Markdown can produce reStructuredText markup by accident; a
+``**`` or a backtick left unpaired is an error (the docs build treats warnings as
+errors), never shown as raw markup.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 LIST_ITEM = re.compile(r"^(\s*)([-*+]|\d+[.)])\s+")
 
 
+class MarkdownError(ValueError):
+    """Markdown that the converter would otherwise show as raw markup."""
+
+
 def _escape(text: str) -> str:
+    if "**" in text or "`" in text:
+        raise MarkdownError(f"unpaired '**' or backtick in Markdown text: {text.strip()!r}")
     return re.sub(r"([\\`*_|<>\[\]])", r"\\\1", text)
 
 
@@ -141,14 +149,33 @@ def markdown_to_rst(text: str) -> list[str]:
                 i += 1
             out += ["", *_table(rows)]
             continue
-        elif LIST_ITEM.match(line) and out and out[-1].strip() and not LIST_ITEM.match(out[-1]):
-            # reStructuredText needs a blank line between a paragraph and a list.
-            previous_is_item_text = out[-1].startswith((" ", "\t"))
-            out += ([] if previous_is_item_text else [""]) + [inline(line)]
+        elif not line.strip():
+            out.append("")
         else:
-            out.append(inline(line))
+            # A paragraph or list item with its continuation lines, as one line, so that
+            # inline markup may run over a line break.
+            text, i = _logical_line(lines, i)
+            if LIST_ITEM.match(text) and out and out[-1].strip() and not LIST_ITEM.match(out[-1]):
+                out.append("")  # reStructuredText needs a blank line before a list.
+            out.append(inline(text))
+            continue
         i += 1
     return out
+
+
+def _starts_block(line: str) -> bool:
+    """Whether a line ends the paragraph before it (blank, heading, fence, table, item)."""
+    return not line.strip() or bool(
+        re.match(r"^\s*(```|~~~|#+\s|\|)", line) or LIST_ITEM.match(line)
+    )
+
+
+def _logical_line(lines: list[str], i: int) -> tuple[str, int]:
+    """Line ``i`` joined with the lines that continue it, and the index after them."""
+    text, i = lines[i].rstrip(), i + 1
+    while i < len(lines) and not _starts_block(lines[i]):
+        text, i = f"{text} {lines[i].strip()}", i + 1
+    return text, i
 
 
 class MarkdownInclude(Directive):
@@ -167,8 +194,11 @@ class MarkdownInclude(Directive):
             note = f"No results recorded yet: ``{self.arguments[0]}`` is not in this checkout."
             self.state_machine.insert_input(StringList([note, ""]), absolute)
             return []
-        text = path.read_text(encoding="utf-8")
-        self.state_machine.insert_input(StringList(markdown_to_rst(text)), absolute)
+        try:
+            rst = markdown_to_rst(path.read_text(encoding="utf-8"))
+        except MarkdownError as error:
+            raise self.error(f"{relative}: {error}") from error
+        self.state_machine.insert_input(StringList(rst), absolute)
         return []
 
 
