@@ -414,7 +414,8 @@ def check_spatial_mask(
     With ``spatial_dims=2`` the map is ``[B, 1, h, w]`` or ``[B, h, w]``; with 3,
     ``[B, 1, d, h, w]`` or ``[B, d, h, w]``; with ``None`` (a map that itself sets
     the dimensions, such as an attention map) ``[B, 1, h, w]``, ``[B, h, w]`` or
-    ``[B, 1, d, h, w]``. Bool, integer and floating tensors are accepted. With
+    ``[B, 1, d, h, w]``. For a volume a 4-D ``[B, 1, h, w]`` is refused: it would
+    read as one slice (``d = 1``) and most likely is an image's mask. Bool, integer and floating tensors are accepted. With
     ``unit_interval`` (masks, probabilities) every value must lie in [0, 1];
     floating values must be finite. The value checks (one ``aminmax``) join
     ``checks`` when given (run by the caller), else run at once.
@@ -431,6 +432,12 @@ def check_spatial_mask(
     else:
         layout = MASK_LAYOUTS[spatial_dims]
         squeezed = tensor.ndim == spatial_dims + 1
+    if squeezed and spatial_dims == 3 and tensor.shape[1] == 1:
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)} is ambiguous: an image's mask "
+            f"[B, 1, h, w] or a volume's [B, d, h, w] with d = 1; pass a volume's mask as "
+            f"[B, 1, d, h, w]"
+        )
     if squeezed:
         tensor = tensor[:, None]
     elif tensor.ndim != spatial_dims + 2 or tensor.shape[1] != 1:

@@ -172,7 +172,7 @@ def mask_guidance(
     dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=attention.device.type, enabled=False):
         x = attention.to(dtype).flatten(1)
-        target = area_resize(mask, spatial).to(dtype).flatten(1)
+        target = area_resize(mask.to(dtype), spatial).flatten(1)
         if kind == "bce":
             cell = (
                 F.binary_cross_entropy_with_logits(x, target, reduction="none")

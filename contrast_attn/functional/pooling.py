@@ -40,7 +40,7 @@ def pool_regions(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=features.device.type, enabled=False):
         values = features.to(dtype).flatten(2)
-        weight = area_resize(mask, features.shape[2:]).to(dtype).flatten(1)
+        weight = area_resize(mask.to(dtype), features.shape[2:]).flatten(1)
         pooled = []
         areas = []
         for region in (weight, 1 - weight):
