@@ -32,6 +32,7 @@ from contrast_attn.functional import (
     masked_average_pool,
     resize_mask,
 )
+from tests._guidance_learning import attention_mass_inside
 
 Shape3 = tuple[int, int, int]
 
@@ -405,32 +406,13 @@ def test_guidance_puts_attention_mass_in_a_sphere_lesion() -> None:
         nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 8, 3, stride=2, padding=1)
     )
     attn = MaskGuidedAttention(8, spatial_dims=3, hidden_channels=8)
-    optimiser = torch.optim.Adam([*backbone.parameters(), *attn.parameters()], lr=1e-2)
 
     def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         mask = sphere_masks(size, 16, 2.5, generator)
         volumes = torch.randn(size, 1, 16, 16, 16, generator=generator) * 0.5 + mask
         return volumes, mask
 
-    def mass_inside(volumes: torch.Tensor, mask: torch.Tensor) -> float:
-        attn.eval()
-        with torch.no_grad():
-            _, attention = attn(backbone(volumes))
-        attn.train()
-        target = resize_mask(mask, tuple(attention.shape[2:]))
-        return float((attention * target).sum() / attention.sum())
-
-    held_out = batch(32)
-    start = mass_inside(*held_out)
-    for _ in range(100):
-        volumes, mask = batch(8)
-        attn(backbone(volumes))
-        assert attn.last_logits is not None
-        loss = mask_guidance_loss(attn.last_logits, mask, from_logits=True)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    end = mass_inside(*held_out)
+    start, end = attention_mass_inside(backbone, attn, batch, steps=100, batch_size=8, held_out=32)
     assert start < 0.1
     assert end > 0.3 and end > 5 * start, (start, end)
 
