@@ -415,10 +415,11 @@ def check_spatial_mask(
     ``[B, 1, d, h, w]`` or ``[B, d, h, w]``; with ``None`` (a map that itself sets
     the dimensions, such as an attention map) ``[B, 1, h, w]``, ``[B, h, w]`` or
     ``[B, 1, d, h, w]``. For a volume a 4-D ``[B, 1, h, w]`` is refused: it would
-    read as one slice (``d = 1``) and most likely is an image's mask. Bool, integer and floating tensors are accepted. With
-    ``unit_interval`` (masks, probabilities) every value must lie in [0, 1];
-    floating values must be finite. The value checks (one ``aminmax``) join
-    ``checks`` when given (run by the caller), else run at once.
+    read as one slice (``d = 1``) and most likely is an image's mask. Bool,
+    integer and floating tensors are accepted. With ``unit_interval`` (masks,
+    probabilities) every value must lie in [0, 1]; floating values must be
+    finite. The value checks (one ``aminmax``) join ``checks`` when given (run
+    by the caller), else run at once.
     """
     tensor = check_tensor(value, name)
     if tensor.is_complex():

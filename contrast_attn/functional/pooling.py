@@ -36,7 +36,10 @@ class MaskedPool(NamedTuple):
 
 
 def pool_regions(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
-    """:func:`masked_average_pool` of validated inputs (``mask`` ``[B, 1, *spatial]`` on the features' device)."""
+    """:func:`masked_average_pool` of validated inputs.
+
+    ``mask`` is ``[B, 1, *spatial]`` (any resolution) on the features' device.
+    """
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=features.device.type, enabled=False):
         values = features.to(dtype).flatten(2)

@@ -77,12 +77,12 @@ class MaskGuidedAttention(nn.Module):
             ``teacher_forcing`` outside [0, 1], non-positive sizes, an even
             ``kernel_size`` or ``spatial_dims`` not 2 or 3; in the call, ``features``
             not ``[B, in_channels, H, W]`` (``[B, in_channels, D, H, W]``), a mask
-            of another layout or outside [0, 1], a batch
-            mismatch, ``valid`` not ``[B]`` 0/1 or given without a mask.
+            of another layout or outside [0, 1], a batch mismatch, ``valid`` not
+            ``[B]`` 0/1 or given without a mask.
 
     Attributes:
-        last_logits: ``[B, 1, H, W]`` (``[B, 1, D, H, W]``) attention logits of the last forward call
-            (with their graph), or ``None`` before the first call.
+        last_logits: ``[B, 1, H, W]`` (``[B, 1, D, H, W]``) attention logits of
+            the last forward call (with their graph), or ``None`` before the first call.
 
     References:
         Wei et al., "Deep Pneumonia: Attention-Based Contrastive Learning for
