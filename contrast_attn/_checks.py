@@ -38,6 +38,7 @@ __all__ = [
     "check_ndim",
     "check_reduction",
     "check_same_batch",
+    "check_spatial_dims",
     "check_spatial_mask",
     "check_temperature",
     "check_tensor",
@@ -385,39 +386,83 @@ def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str)
         )
 
 
-def check_feature_map(value: Any, name: str, channels: int | None = None) -> torch.Tensor:
-    """Check a floating-point feature map ``[B, C, H, W]`` (with ``C = channels`` if given)."""
+FEATURE_LAYOUTS = {2: "[B, C, H, W]", 3: "[B, C, D, H, W]"}
+MASK_LAYOUTS = {2: "[B, 1, h, w] or [B, h, w]", 3: "[B, 1, d, h, w] or [B, d, h, w]"}
+
+
+def check_spatial_dims(value: Any, name: str = "spatial_dims") -> int:
+    """Check a number of spatial dimensions: 2 (images) or 3 (volumes); return it."""
+    dims = check_int(value, name)
+    if dims not in FEATURE_LAYOUTS:
+        raise ValueError(f"{name} must be 2 (images) or 3 (volumes), got {dims}")
+    return dims
+
+
+def check_feature_map(
+    value: Any, name: str, channels: int | None = None, spatial_dims: int | None = None
+) -> torch.Tensor:
+    """Check a floating feature map ``[B, C, H, W]`` or ``[B, C, D, H, W]``; return it.
+
+    Args:
+        value: The tensor.
+        name: The argument's name, for the message.
+        channels: The required ``C``, or ``None`` for any.
+        spatial_dims: 2 or 3 to require images or volumes; ``None`` accepts both
+            (the caller reads the spatial dimensions as ``ndim - 2``).
+    """
     tensor = check_floating_tensor(value, name)
-    check_ndim(tensor, name, (4,), "[B, C, H, W]")
+    dims = tuple(FEATURE_LAYOUTS) if spatial_dims is None else (spatial_dims,)
+    check_ndim(tensor, name, [d + 2 for d in dims], " or ".join(FEATURE_LAYOUTS[d] for d in dims))
     if channels is not None and tensor.shape[1] != channels:
         raise ValueError(
-            f"{name} must have in_channels = {channels} channels ([B, C, H, W]), got shape "
-            f"{tuple(tensor.shape)}"
+            f"{name} must have in_channels = {channels} channels "
+            f"({FEATURE_LAYOUTS[tensor.ndim - 2]}), got shape {tuple(tensor.shape)}"
         )
     return tensor
 
 
 def check_spatial_mask(
-    value: Any, name: str, *, unit_interval: bool = True, checks: ValueChecks | None = None
+    value: Any,
+    name: str,
+    *,
+    spatial_dims: int | None = 2,
+    unit_interval: bool = True,
+    checks: ValueChecks | None = None,
 ) -> torch.Tensor:
-    """Check a one-channel spatial map ``[B, 1, h, w]`` or ``[B, h, w]``; return it as 4-D.
+    """Check a one-channel spatial map; return it with its channel, ``[B, 1, *spatial]``.
 
-    Bool, integer and floating tensors are accepted. With ``unit_interval`` (masks,
-    probabilities) every value must lie in [0, 1]; floating values must be finite.
-    The value checks (one ``aminmax``) join ``checks`` when given (run by the
-    caller), else run at once.
+    With ``spatial_dims=2`` the map is ``[B, 1, h, w]`` or ``[B, h, w]``; with 3,
+    ``[B, 1, d, h, w]`` or ``[B, d, h, w]``; with ``None`` (a map that itself sets
+    the dimensions, such as an attention map) ``[B, 1, h, w]``, ``[B, h, w]`` or
+    ``[B, 1, d, h, w]``. For a volume a 4-D ``[B, 1, h, w]`` is refused: it would
+    read as one slice (``d = 1``) and most likely is an image's mask. Bool,
+    integer and floating tensors are accepted. With ``unit_interval`` (masks,
+    probabilities) every value must lie in [0, 1]; floating values must be
+    finite. The value checks (one ``aminmax``) join ``checks`` when given (run
+    by the caller), else run at once.
     """
     tensor = check_tensor(value, name)
     if tensor.is_complex():
         raise TypeError(
             f"{name} must be a real tensor (bool, integer or floating), got {tensor.dtype}"
         )
-    if tensor.ndim == 3:
-        tensor = tensor[:, None]
-    elif tensor.ndim != 4 or tensor.shape[1] != 1:
+    if spatial_dims is None:
+        spatial_dims = 3 if tensor.ndim == 5 else 2
+        layout = f"{MASK_LAYOUTS[2]} (or [B, 1, d, h, w] for a volume)"
+        squeezed = tensor.ndim == 3
+    else:
+        layout = MASK_LAYOUTS[spatial_dims]
+        squeezed = tensor.ndim == spatial_dims + 1
+    if squeezed and spatial_dims == 3 and tensor.shape[1] == 1:
         raise ValueError(
-            f"{name} must have shape [B, 1, h, w] or [B, h, w], got shape {tuple(tensor.shape)}"
+            f"{name} of shape {tuple(tensor.shape)} is ambiguous: an image's mask "
+            f"[B, 1, h, w] or a volume's [B, d, h, w] with d = 1; pass a volume's mask as "
+            f"[B, 1, d, h, w]"
         )
+    if squeezed:
+        tensor = tensor[:, None]
+    elif tensor.ndim != spatial_dims + 2 or tensor.shape[1] != 1:
+        raise ValueError(f"{name} must have shape {layout}, got shape {tuple(tensor.shape)}")
     check_values = ValueChecks() if checks is None else checks
     check_values.values(tensor, name, unit_interval=unit_interval)
     if checks is None:

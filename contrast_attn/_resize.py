@@ -6,6 +6,8 @@ guidance loss, masked pooling and teacher forcing: inputs are already validated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["area_resize", "overlaps"]
@@ -21,14 +23,20 @@ def overlaps(src: int, dst: int, device: torch.device, dtype: torch.dtype) -> to
     return overlap.clamp(min=0).to(dtype)
 
 
-def area_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    r"""Resize a validated ``[B, 1, h, w]`` mask to ``size`` by area (no checks).
+def area_resize(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    r"""Resize a validated ``[B, 1, *spatial]`` mask to ``size`` by area (no checks).
+
+    One spatial axis at a time, with the integer overlaps :math:`R^{(a)}` of
+    :func:`overlaps` along axis :math:`a` of input length :math:`n_a`:
 
     .. math::
-        \tilde m = R \, m \, C^\top / (h w),
+        \tilde m = \frac{1}{n_1 n_2 \cdots} \, m \times_1 R^{(1)} \times_2 R^{(2)} \cdots
 
-    with :math:`R` and :math:`C` the integer overlaps of :func:`overlaps`, so a
-    full mask gives exactly 1 and an empty one 0.
+    (:math:`\times_a` contracts axis :math:`a`; :math:`R m C^\top / (h w)` for an
+    image). Each step takes integer-weighted sums and divides by the integer row
+    sum :math:`n_a`, so a full mask gives exactly 1 and an empty one 0, for any
+    number of axes and any sizes. Axes whose size does not change are left as
+    they are.
 
     Returns:
         float32 (float64 for a float64 mask), computed outside autocast.
@@ -36,9 +44,10 @@ def area_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     dtype = torch.float64 if mask.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=mask.device.type, enabled=False):
         values = mask.to(dtype)
-        height, width = values.shape[-2:]
-        if (height, width) == tuple(size):
-            return values
-        rows = overlaps(height, size[0], values.device, dtype)
-        cols = overlaps(width, size[1], values.device, dtype)
-        return rows @ values @ cols.T / (height * width)
+        first = values.ndim - len(size)
+        for axis, dst in enumerate(size, start=first):
+            src = values.shape[axis]
+            if src != dst:
+                weight = overlaps(src, dst, values.device, dtype)
+                values = (values.movedim(axis, -1) @ weight.T / src).movedim(-1, axis)
+        return values

@@ -8,6 +8,7 @@ from torch import nn
 
 from contrast_attn import MaskGuidedAttention
 from contrast_attn.functional import mask_guidance_loss, resize_mask
+from tests._guidance_learning import attention_mass_inside
 
 
 def square_masks(batch: int, size: int, side: int, generator: torch.Generator) -> torch.Tensor:
@@ -163,38 +164,13 @@ def test_guidance_raises_attention_mass_inside_the_lesion() -> None:
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1)
     )
     attn = MaskGuidedAttention(8, hidden_channels=8)
-    optimiser = torch.optim.Adam([*backbone.parameters(), *attn.parameters()], lr=1e-2)
 
     def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         mask = square_masks(size, 16, 4, generator)
         images = torch.randn(size, 1, 16, 16, generator=generator) * 0.5 + mask
         return images, mask
 
-    def mass_inside(images: torch.Tensor, mask: torch.Tensor) -> float:
-        attn.eval()
-        with torch.no_grad():
-            _, attention = attn(backbone(images))
-        attn.train()
-        target = resize_mask(mask, attention.shape[-2:])
-        return float((attention * target).sum() / attention.sum())
-
-    held_out = batch(64)
-    start = mass_inside(*held_out)
-    threads = torch.get_num_threads()
-    # Tiny tensors: one thread is ten times faster than two on a busy machine.
-    torch.set_num_threads(1)
-    try:
-        for _ in range(150):
-            images, mask = batch(16)
-            attn(backbone(images))
-            assert attn.last_logits is not None
-            loss = mask_guidance_loss(attn.last_logits, mask, from_logits=True)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
-    end = mass_inside(*held_out)
+    start, end = attention_mass_inside(backbone, attn, batch, steps=150, batch_size=16, held_out=64)
     assert start < 0.15
     assert end > 0.5 and end > 4 * start, (start, end)
 

@@ -37,6 +37,8 @@ def _inputs(batch: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(batch)
     mask = torch.zeros(batch, 1, 20, 20)
     mask[: batch - 1, :, 4:12, 3:11] = 1  # the last image has no lesion
+    volume_mask = torch.zeros(batch, 1, 7, 9, 11)
+    volume_mask[: batch - 1, :, 2:5, 1:6, 3:10] = 1
     return {
         "z": torch.randn(batch, 2, 8, generator=gen),
         "labels": torch.arange(batch) % 3,
@@ -46,6 +48,9 @@ def _inputs(batch: int) -> dict[str, torch.Tensor]:
         "mask": mask,
         "att": torch.randn(batch, 1, 5, 5, generator=gen),
         "vectors": torch.randn(batch, 8, generator=gen),
+        "volume": torch.randn(batch, 8, 3, 4, 5, generator=gen),
+        "volume_mask": volume_mask,
+        "volume_att": torch.randn(batch, 1, 3, 4, 5, generator=gen),
     }
 
 
@@ -54,6 +59,7 @@ REGULARIZER = ContrastiveFeatureRegularizer(8, projection_dim=4).eval()
 HEAD = ProjectionHead(8, out_features=4).eval()
 SIMCLR_HEAD = ProjectionHead(8, out_features=4, output_batch_norm=True).eval()
 ATTENTION = MaskGuidedAttention(8, mode="hard").eval()
+VOLUME_ATTENTION = MaskGuidedAttention(8, spatial_dims=3).eval()
 FC = torch.nn.Linear(8, 3)
 
 # name -> (function of the inputs dict, names of the tensor inputs it uses)
@@ -140,6 +146,31 @@ CASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
         ("features", "mask", "labels"),
     ),
     "MaskGuidedAttention": (lambda features: ATTENTION(features), ("features",)),
+    "mask_guidance_loss 3d": (
+        lambda volume_att, volume_mask: CF.mask_guidance_loss(
+            volume_att, volume_mask, kind="dice", from_logits=True
+        ),
+        ("volume_att", "volume_mask"),
+    ),
+    "resize_mask 3d": (
+        lambda volume_mask: CF.resize_mask(volume_mask, (3, 4, 5)),
+        ("volume_mask",),
+    ),
+    "class_activation_map 3d": (
+        lambda volume, target: CF.class_activation_map(volume, FC.weight, target, fc_bias=FC.bias),
+        ("volume", "target"),
+    ),
+    "masked_average_pool 3d": (
+        lambda volume, volume_mask: tuple(CF.masked_average_pool(volume, volume_mask)),
+        ("volume", "volume_mask"),
+    ),
+    "contrastive_feature_regularizer 3d": (
+        lambda volume, volume_mask, labels: CF.contrastive_feature_regularizer(
+            volume, volume_mask, labels
+        ),
+        ("volume", "volume_mask", "labels"),
+    ),
+    "MaskGuidedAttention 3d": (lambda volume: VOLUME_ATTENTION(volume), ("volume",)),
     "ProjectionHead": (lambda vectors: HEAD(vectors), ("vectors",)),
     "ProjectionHead simclr": (lambda vectors: SIMCLR_HEAD(vectors), ("vectors",)),
 }

@@ -123,6 +123,11 @@ def _cases() -> dict[str, Callable[[], Any]]:
     class_weight = torch.tensor([0.5, 1.0, 2.0])
     drw = CF.deferred_reweighting_weights(counts, 5, defer_epoch=3)
     attention = MaskGuidedAttention(8, mode="hard", teacher_forcing=0.5).train()
+    volume = torch.randn(4, 8, 3, 4, 5, generator=gen, requires_grad=True)
+    volume_mask = torch.zeros(4, 1, 7, 9, 11)
+    volume_mask[:3, :, 2:5, 1:6, 3:10] = 1
+    volume_logits = torch.randn(4, 1, 3, 4, 5, generator=gen, requires_grad=True)
+    volume_attention = MaskGuidedAttention(8, spatial_dims=3, teacher_forcing=0.5).train()
     return {
         "nt_xent dense": lambda: CF.nt_xent_loss(z1, z2),
         "nt_xent tiled": lambda: CF.nt_xent_loss(z, chunk_size=5),
@@ -181,6 +186,18 @@ def _cases() -> dict[str, Callable[[], Any]]:
         ),
         "MaskGuidedAttention": lambda: attention(features, mask, valid),
         "ProjectionHead": lambda: ProjectionHead(8, out_features=4)(torch.randn(6, 8)),
+        "mask_guidance 3d": lambda: CF.mask_guidance_loss(
+            volume_logits, volume_mask, from_logits=True, valid=valid
+        ),
+        "resize_mask 3d": lambda: CF.resize_mask(volume_mask, (3, 4, 5)),
+        "class_activation_map 3d": lambda: CF.class_activation_map(
+            volume, torch.randn(3, 8), image_labels
+        ),
+        "masked_average_pool 3d": lambda: CF.masked_average_pool(volume, volume_mask),
+        "regularizer 3d": lambda: CF.contrastive_feature_regularizer(
+            volume, volume_mask, image_labels, valid=valid
+        ),
+        "MaskGuidedAttention 3d": lambda: volume_attention(volume, volume_mask, valid),
     }
 
 

@@ -29,17 +29,20 @@ def class_activation_map(
     give an image made of that cell alone, so it can be guided toward the lesion
     mask with ``mask_guidance_loss(cam, mask, from_logits=True)``; that is the
     extra supervision of GAIN without an attention module. Gradients flow to both
-    the features and the classifier weights.
+    the features and the classifier weights. A volume ``[B, C, D, H, W]`` gives
+    the map :math:`M_b(i, j, k)` of its voxels, ``[B, 1, D, H, W]``.
 
     Args:
-        features: ``[B, C, H, W]`` the feature map that the classifier pools.
+        features: ``[B, C, H, W]`` the feature map that the classifier pools
+            (``[B, C, D, H, W]`` for a volume).
         fc_weight: ``[K, C]`` the classifier's weight (``nn.Linear(C, K).weight``).
         target: ``[B]`` integer class whose map to compute (e.g. the label).
         fc_bias: ``[K]`` the classifier's bias, or ``None`` to leave it out
             (the CAM of Zhou et al.).
 
     Returns:
-        ``[B, 1, H, W]`` in the promoted dtype of ``features`` and ``fc_weight``.
+        ``[B, 1, H, W]`` (``[B, 1, D, H, W]``) in the promoted dtype of
+        ``features`` and ``fc_weight``.
 
     Raises:
         TypeError: Non-tensor inputs, non-floating features/weights/bias, float targets.
@@ -85,7 +88,7 @@ def class_activation_map(
     checks.values(features, "features")
     checks.run()
     dtype = torch.promote_types(features.dtype, fc_weight.dtype)
-    cam = torch.einsum("bchw,bc->bhw", features.to(dtype), fc_weight[target].to(dtype))[:, None]
+    cam = torch.einsum("bc...,bc->b...", features.to(dtype), fc_weight[target].to(dtype))[:, None]
     if fc_bias is None:
         return cam
-    return cam + fc_bias[target].to(dtype)[:, None, None, None]
+    return cam + fc_bias[target].to(dtype).reshape((-1,) + (1,) * (cam.ndim - 1))

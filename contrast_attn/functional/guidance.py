@@ -86,6 +86,11 @@ def mask_guidance_loss(
     (no annotation) contribute nothing; ``"mean"`` averages over the valid images
     (0, still attached to the graph, when there is none).
 
+    A volume (CT, MRI) is the same with the :math:`DHW` voxels of a
+    ``[B, 1, D, H, W]`` map in place of the cells: the mask ``[B, 1, d, h, w]``
+    is resized to :math:`D \times H \times W` by volume coverage and the sums run
+    over every voxel.
+
     BCE on logits uses ``binary_cross_entropy_with_logits`` and is exact for any
     logit; on probabilities, :func:`torch.nn.functional.binary_cross_entropy`
     clamps the logarithms at -100, so a saturated wrong map (a = 1 where m = 0)
@@ -94,10 +99,11 @@ def mask_guidance_loss(
     autocast.
 
     Args:
-        attention: ``[B, 1, H, W]`` or ``[B, H, W]`` map: probabilities in [0, 1],
-            or logits with ``from_logits=True``.
+        attention: ``[B, 1, H, W]`` or ``[B, H, W]`` map (``[B, 1, D, H, W]`` for
+            a volume): probabilities in [0, 1], or logits with ``from_logits=True``.
         mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1] (bool,
-            integer or floating), of any resolution.
+            integer or floating), of any resolution; ``[B, 1, d, h, w]`` or
+            ``[B, d, h, w]`` for a volume.
         kind: ``"bce"``, ``"mse"`` or ``"dice"``.
         valid: ``[B]`` bool (or 0/1): images whose mask is annotated; ``None`` = all.
         from_logits: Whether ``attention`` holds logits.
@@ -151,9 +157,10 @@ def mask_guidance(
     _checks.check_floating_tensor(attention, "attention")
     checks = _checks.ValueChecks()
     attention = _checks.check_spatial_mask(
-        attention, "attention", unit_interval=not from_logits, checks=checks
+        attention, "attention", spatial_dims=None, unit_interval=not from_logits, checks=checks
     )
-    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
+    spatial = attention.shape[2:]
+    mask = _checks.check_spatial_mask(mask, "mask", spatial_dims=len(spatial), checks=checks)
     _checks.check_same_batch(attention, "attention", mask, "mask")
     if valid is not None:
         batch = attention.shape[0]
@@ -164,22 +171,22 @@ def mask_guidance(
 
     dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=attention.device.type, enabled=False):
-        x = attention.to(dtype)
-        target = area_resize(mask, (x.shape[-2], x.shape[-1])).to(dtype)
+        x = attention.to(dtype).flatten(1)
+        target = area_resize(mask.to(dtype), spatial).flatten(1)
         if kind == "bce":
-            pixel = (
+            cell = (
                 F.binary_cross_entropy_with_logits(x, target, reduction="none")
                 if from_logits
                 else F.binary_cross_entropy(x, target, reduction="none")
             )
-            loss = pixel.mean(dim=(1, 2, 3))
+            loss = cell.mean(dim=1)
         else:
             prob = torch.sigmoid(x) if from_logits else x
             if kind == "mse":
-                loss = (prob - target).square().mean(dim=(1, 2, 3))
+                loss = (prob - target).square().mean(dim=1)
             else:
-                overlap = (prob * target).sum(dim=(1, 2, 3))
-                total = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+                overlap = (prob * target).sum(dim=1)
+                total = prob.sum(dim=1) + target.sum(dim=1)
                 loss = 1 - (2 * overlap + smooth) / (total + smooth)
     if valid is None:
         return reduce_loss(loss, reduction)

@@ -18,7 +18,7 @@ class MaskedPool(NamedTuple):
     Attributes:
         lesion: ``[B, C]`` mean feature over the lesion region (0 where it is empty).
         background: ``[B, C]`` mean feature over the complement (0 where it is empty).
-        lesion_area: ``[B]`` fraction of the feature map that the lesion covers.
+        lesion_area: ``[B]`` fraction of the feature map (or volume) that the lesion covers.
         background_area: ``[B]`` ``1 - lesion_area``.
 
     Examples:
@@ -36,20 +36,22 @@ class MaskedPool(NamedTuple):
 
 
 def pool_regions(features: torch.Tensor, mask: torch.Tensor) -> MaskedPool:
-    """:func:`masked_average_pool` of validated inputs (``mask`` ``[B, 1, h, w]`` on the features' device)."""
+    """:func:`masked_average_pool` of validated inputs.
+
+    ``mask`` is ``[B, 1, *spatial]`` (any resolution) on the features' device.
+    """
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=features.device.type, enabled=False):
-        values = features.to(dtype)
-        weight = area_resize(mask, (values.shape[-2], values.shape[-1])).to(dtype)[:, 0]
-        cells = weight.shape[-2] * weight.shape[-1]
+        values = features.to(dtype).flatten(2)
+        weight = area_resize(mask.to(dtype), features.shape[2:]).flatten(1)
         pooled = []
         areas = []
         for region in (weight, 1 - weight):
-            mass = region.sum(dim=(1, 2))
-            total = torch.einsum("bchw,bhw->bc", values, region)
+            mass = region.sum(dim=1)
+            total = torch.einsum("bcn,bn->bc", values, region)
             # An empty region pools to 0 (and a zero gradient), never 0 / 0.
             pooled.append(total / torch.where(mass > 0, mass, torch.ones_like(mass))[:, None])
-            areas.append(mass / cells)
+            areas.append(mass / weight.shape[1])
     return MaskedPool(pooled[0], pooled[1], areas[0], areas[1])
 
 
@@ -63,14 +65,17 @@ def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPoo
         u_b = \frac{\sum_{ij} w_{bij} f_{b \cdot ij}}{\sum_{ij} w_{bij}}, \qquad
         v_b = \frac{\sum_{ij} (1 - w_{bij}) f_{b \cdot ij}}{\sum_{ij} (1 - w_{bij})} .
 
+    A volume ``[B, C, D, H, W]`` is pooled the same way over its voxels, the mask
+    ``[B, 1, d, h, w]`` resized to :math:`D \times H \times W` by volume coverage.
     A region of zero area (no lesion, or a lesion covering everything) pools to
     the zero vector; its area, returned alongside, tells the two cases apart.
     Sums are taken in float32 (float64 for float64 features), also under autocast,
     and the results are returned in that dtype.
 
     Args:
-        features: ``[B, C, H, W]`` feature map.
-        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1] of any resolution.
+        features: ``[B, C, H, W]`` feature map, or ``[B, C, D, H, W]`` for a volume.
+        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1] of any
+            resolution (``[B, 1, d, h, w]`` or ``[B, d, h, w]`` for a volume).
 
     Returns:
         A :class:`MaskedPool` ``(lesion [B, C], background [B, C], lesion_area [B],
@@ -96,7 +101,7 @@ def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> MaskedPoo
     """
     _checks.check_feature_map(features, "features")
     checks = _checks.ValueChecks()
-    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
+    mask = _checks.check_spatial_mask(mask, "mask", spatial_dims=features.ndim - 2, checks=checks)
     _checks.check_same_batch(features, "features", mask, "mask")
     checks.values(features, "features")
     checks.run()

@@ -148,8 +148,10 @@ def contrastive_feature_regularizer(
     lesion embeddings in the global batch every rank returns 0.
 
     Args:
-        features: ``[B, C, H, W]`` feature map.
-        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1], any resolution.
+        features: ``[B, C, H, W]`` feature map, or ``[B, C, D, H, W]`` for a
+            volume (CT, MRI; pooled over its voxels).
+        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` lesion mask in [0, 1], any
+            resolution (``[B, 1, d, h, w]`` or ``[B, d, h, w]`` for a volume).
         labels: ``[B]`` integer class of each image, or ``None`` (one class).
         temperature: :math:`\tau > 0`, a number or a one-element tensor (which
             receives its gradient).
@@ -210,7 +212,7 @@ def regularize(
     """:func:`contrastive_feature_regularizer` with validated hyper-parameters, and the count."""
     _checks.check_feature_map(features, "features")
     checks = _checks.ValueChecks()
-    mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
+    mask = _checks.check_spatial_mask(mask, "mask", spatial_dims=features.ndim - 2, checks=checks)
     _checks.check_same_batch(features, "features", mask, "mask")
     if projection is not None and not callable(projection):
         raise TypeError(f"projection must be callable or None, got {type(projection).__name__}")

@@ -1,8 +1,8 @@
 r"""Exact area resizing of lesion masks to a map's resolution.
 
-Masks come at image resolution; they are brought to a feature map's
-resolution by *area* resampling, so a feature cell that a lesion covers by
-30 % gets the target 0.3.
+Masks come at image (or volume) resolution; they are brought to a feature
+map's resolution by *area* resampling, so a feature cell (or voxel) that a
+lesion covers by 30 % gets the target 0.3.
 """
 
 from __future__ import annotations
@@ -27,19 +27,25 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         \tilde m_{ij} = \sum_{k, l} R_{ik} \, m_{kl} \, C_{jl}, \qquad
         R_{ik} = \frac{|[i h / H, (i + 1) h / H) \cap [k, k + 1)|}{h / H}
 
-    (and :math:`C` likewise along the width). When the sizes divide evenly this
-    equals ``F.interpolate(mask, size, mode="area")``; otherwise it is the exact
-    box filter, whereas torch's adaptive pooling uses overlapping integer windows.
-    Enlarging repeats values (each output cell lies within one input cell, or
-    averages the two it straddles).
+    (and :math:`C` likewise along the width). A volume ``[B, 1, d, h, w]`` is
+    resized to ``(D, H, W)`` the same way along its three axes,
+    :math:`\tilde m_{ijk} = \sum_{p, q, r} S_{ip} R_{jq} C_{kr} \, m_{pqr}`:
+    each output voxel gets the fraction of its volume that the lesion covers, and
+    the mean over the volume is conserved. A full mask gives exactly 1. When the
+    sizes divide evenly this equals ``F.interpolate(mask, size, mode="area")``;
+    otherwise it is the exact box filter, whereas torch's adaptive pooling uses
+    overlapping integer windows. Enlarging repeats values (each output cell lies
+    within one input cell, or averages the two it straddles).
 
     Args:
-        mask: ``[B, 1, h, w]`` or ``[B, h, w]``; bool, integer or floating with
-            values in [0, 1].
-        size: ``(H, W)``, the target resolution.
+        mask: ``[B, 1, h, w]`` or ``[B, h, w]`` (with a pair ``size``), or
+            ``[B, 1, d, h, w]`` or ``[B, d, h, w]`` (with a triple); bool, integer
+            or floating with values in [0, 1].
+        size: ``(H, W)`` or ``(D, H, W)``, the target resolution.
 
     Returns:
-        ``[B, 1, H, W]`` float32 (float64 for a float64 mask), values in [0, 1].
+        ``[B, 1, H, W]`` or ``[B, 1, D, H, W]`` float32 (float64 for a float64
+        mask), values in [0, 1].
 
     Raises:
         TypeError: ``mask`` is not a tensor.
@@ -59,12 +65,22 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         >>> resize_mask(mask, (2, 2))[0, 0]
         tensor([[0.4444, 0.0000],
                 [0.0000, 0.0000]])
+        >>> volume = torch.zeros(1, 1, 6, 6, 6)
+        >>> volume[..., :3, :3, :3] = 1          # one octant of a volume
+        >>> small = resize_mask(volume, (3, 3, 3))
+        >>> small[0, 0, :2, :2, :2].flatten()    # voxel (1, 1, 1) is covered by 1/8
+        tensor([1.0000, 0.5000, 0.5000, 0.2500, 0.5000, 0.2500, 0.2500, 0.1250])
+        >>> float(small.mean() * 6**3)          # the lesion's 27 voxels, conserved
+        27.0
     """
-    mask = _checks.check_spatial_mask(mask, "mask")
     if (
         not isinstance(size, Sequence)
-        or len(size) != 2
+        or len(size) not in (2, 3)
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
     ):
-        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
-    return area_resize(mask, (size[0], size[1]))
+        raise ValueError(
+            f"size must be a pair of positive ints (H, W), or a triple (D, H, W) for a "
+            f"volume, got {size!r}"
+        )
+    mask = _checks.check_spatial_mask(mask, "mask", spatial_dims=len(size))
+    return area_resize(mask, tuple(size))

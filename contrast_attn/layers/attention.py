@@ -19,7 +19,9 @@ class MaskGuidedAttention(nn.Module):
     r"""Predict a spatial attention map from a feature map and re-weight the features.
 
     A small convolutional scorer (``k×k`` conv → BatchNorm → ReLU → ``1×1`` conv)
-    gives logits :math:`x` and the attention :math:`a = \sigma(x) \in [0, 1]^{H \times W}`.
+    gives logits :math:`x` and the attention :math:`a = \sigma(x) \in [0, 1]^{H \times W}`
+    (:math:`[0, 1]^{D \times H \times W}` with ``spatial_dims=3``: ``k×k×k``
+    convolutions over a volume, for CT and MRI).
     The features are gated by :math:`g`:
 
     .. math::
@@ -45,6 +47,8 @@ class MaskGuidedAttention(nn.Module):
 
     Args:
         in_channels: Channels :math:`C` of the feature map.
+        spatial_dims: 2 for images ``[B, C, H, W]`` (the default), 3 for
+            volumes ``[B, C, D, H, W]`` (MONAI's argument name).
         mode: ``"soft"`` or ``"hard"``.
         threshold: :math:`\theta \in (0, 1)`, the binarisation threshold of hard mode.
         residual: Gate as :math:`f (1 + g)` (True) or :math:`f g` (False).
@@ -63,19 +67,22 @@ class MaskGuidedAttention(nn.Module):
         ``forward(features [B, C, H, W], mask=None, valid=None)`` with ``mask``
         ``[B, 1, h, w]`` or ``[B, h, w]`` in [0, 1] of any resolution and ``valid``
         ``[B]`` bool; returns ``(attended [B, C, H, W], attention [B, 1, H, W])``.
+        With ``spatial_dims=3``: ``features [B, C, D, H, W]``, ``mask
+        [B, 1, d, h, w]`` or ``[B, d, h, w]``, ``attention [B, 1, D, H, W]``.
 
     Raises:
         TypeError: Bad argument types at construction (``residual`` not a bool,
             non-int sizes); in the call, non-tensor or non-floating ``features``.
         ValueError: ``mode`` unknown, ``threshold`` or ``initial_attention`` outside (0, 1),
-            ``teacher_forcing`` outside [0, 1], non-positive sizes or an even
-            ``kernel_size``; in the call, ``features`` not ``[B, in_channels, H, W]``,
-            a mask not ``[B, 1, h, w]``/``[B, h, w]`` or outside [0, 1], a batch
-            mismatch, ``valid`` not ``[B]`` 0/1 or given without a mask.
+            ``teacher_forcing`` outside [0, 1], non-positive sizes, an even
+            ``kernel_size`` or ``spatial_dims`` not 2 or 3; in the call, ``features``
+            not ``[B, in_channels, H, W]`` (``[B, in_channels, D, H, W]``), a mask
+            of another layout or outside [0, 1], a batch mismatch, ``valid`` not
+            ``[B]`` 0/1 or given without a mask.
 
     Attributes:
-        last_logits: ``[B, 1, H, W]`` attention logits of the last forward call
-            (with their graph), or ``None`` before the first call.
+        last_logits: ``[B, 1, H, W]`` (``[B, 1, D, H, W]``) attention logits of
+            the last forward call (with their graph), or ``None`` before the first call.
 
     References:
         Wei et al., "Deep Pneumonia: Attention-Based Contrastive Learning for
@@ -97,6 +104,10 @@ class MaskGuidedAttention(nn.Module):
         (torch.Size([4, 64, 7, 7]), torch.Size([4, 1, 7, 7]))
         >>> loss = mask_guidance_loss(attn.last_logits, mask, from_logits=True)
         >>> loss.backward()
+        >>> volume_attn = MaskGuidedAttention(32, spatial_dims=3)       # CT, MRI
+        >>> _, attention = volume_attn(torch.randn(2, 32, 4, 8, 8))
+        >>> attention.shape
+        torch.Size([2, 1, 4, 8, 8])
     """
 
     last_logits: torch.Tensor | None
@@ -105,6 +116,7 @@ class MaskGuidedAttention(nn.Module):
         self,
         in_channels: int,
         *,
+        spatial_dims: int = 2,
         mode: str = "soft",
         threshold: float = 0.5,
         residual: bool = True,
@@ -115,6 +127,7 @@ class MaskGuidedAttention(nn.Module):
     ) -> None:
         super().__init__()
         _checks.check_int(in_channels, "in_channels", low=1)
+        _checks.check_spatial_dims(spatial_dims)
         _checks.check_choice(mode, "mode", MODES)
         self.threshold = _checks.check_float(
             threshold, "threshold", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
@@ -141,13 +154,17 @@ class MaskGuidedAttention(nn.Module):
             )
         )
         self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
         self.mode = mode
         self.residual = residual
-        context = nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2, bias=False)
-        output = nn.Conv2d(hidden, 1, 1)
+        conv, norm = (
+            (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        )
+        context = conv(in_channels, hidden, kernel_size, padding=kernel_size // 2, bias=False)
+        output = conv(hidden, 1, 1)
         if prior is not None and output.bias is not None:
             nn.init.constant_(output.bias, math.log(prior / (1.0 - prior)))
-        self.scorer = nn.Sequential(context, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), output)
+        self.scorer = nn.Sequential(context, norm(hidden), nn.ReLU(inplace=True), output)
         self.last_logits = None
 
     def forward(
@@ -156,11 +173,13 @@ class MaskGuidedAttention(nn.Module):
         mask: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _checks.check_feature_map(features, "features", self.in_channels)
+        _checks.check_feature_map(features, "features", self.in_channels, self.spatial_dims)
         batch = features.shape[0]
         checks = _checks.ValueChecks()
         if mask is not None:
-            mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
+            mask = _checks.check_spatial_mask(
+                mask, "mask", spatial_dims=self.spatial_dims, checks=checks
+            )
             _checks.check_same_batch(features, "features", mask, "mask")
         if valid is not None:
             if mask is None:
@@ -179,14 +198,16 @@ class MaskGuidedAttention(nn.Module):
             forced = torch.rand(batch, device=features.device) < self.teacher_forcing
             if valid is not None:
                 forced &= valid
-            target = area_resize(mask.to(features.device), (gate.shape[-2], gate.shape[-1]))
-            gate = torch.where(forced[:, None, None, None], target.to(gate.dtype), gate)
+            target = area_resize(mask.to(features.device), gate.shape[2:])
+            per_image = forced.reshape((-1,) + (1,) * (gate.ndim - 1))
+            gate = torch.where(per_image, target.to(gate.dtype), gate)
         self.last_logits = logits
         attended = features * (1 + gate) if self.residual else features * gate
         return attended, attention
 
     def extra_repr(self) -> str:
         return (
-            f"in_channels={self.in_channels}, mode={self.mode!r}, threshold={self.threshold}, "
+            f"in_channels={self.in_channels}, spatial_dims={self.spatial_dims}, "
+            f"mode={self.mode!r}, threshold={self.threshold}, "
             f"residual={self.residual}, teacher_forcing={self.teacher_forcing}"
         )

@@ -24,7 +24,8 @@ class MaskedAveragePool(nn.Module):
     Shape:
         ``features [B, C, H, W]``, ``mask [B, 1, h, w]`` or ``[B, h, w]`` →
         :class:`~contrast_attn.functional.MaskedPool` of ``[B, C]``, ``[B, C]``,
-        ``[B]``, ``[B]``.
+        ``[B]``, ``[B]``; a volume ``features [B, C, D, H, W]`` with ``mask
+        [B, 1, d, h, w]`` or ``[B, d, h, w]`` alike.
 
     Raises:
         TypeError: As :func:`~contrast_attn.functional.masked_average_pool`.

@@ -31,7 +31,8 @@ class MaskGuidanceLoss(ConfiguredModule):
     Shape:
         ``loss(attention, mask, valid=None)`` with ``attention`` ``[B, 1, H, W]``
         or ``[B, H, W]``, ``mask`` ``[B, 1, h, w]`` or ``[B, h, w]``, ``valid`` ``[B]``;
-        returns a scalar (``[B]`` for ``reduction="none"``).
+        returns a scalar (``[B]`` for ``reduction="none"``). For a volume,
+        ``attention`` ``[B, 1, D, H, W]`` and ``mask`` ``[B, 1, d, h, w]`` or ``[B, d, h, w]``.
 
     Raises:
         TypeError: ``from_logits`` not a bool; in the call, as

@@ -47,13 +47,14 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
 
     Shape:
         ``reg(features [B, C, H, W], mask [B, 1, h, w] or [B, h, w], labels=None [B],
-        valid=None [B])`` → scalar (``[B]`` for ``reduction="none"``).
+        valid=None [B])`` → scalar (``[B]`` for ``reduction="none"``); a volume
+        ``features [B, C, D, H, W]`` with ``mask [B, 1, d, h, w]`` or ``[B, d, h, w]`` alike.
 
     Raises:
         TypeError: Non-int ``in_channels``; in the call, as
             :func:`~contrast_attn.functional.contrastive_feature_regularizer`.
         ValueError: Bad hyper-parameters; in the call, ``features`` not
-            ``[B, in_channels, H, W]`` and the errors of
+            ``[B, in_channels, H, W]`` or ``[B, in_channels, D, H, W]`` and the errors of
             :func:`~contrast_attn.functional.contrastive_feature_regularizer`.
 
     References:
