@@ -18,6 +18,7 @@ data-dependent branch would break the graph).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_bool",
     "check_bool_mask",
     "check_choice",
+    "check_device",
     "check_feature_map",
     "check_finite",
     "check_float",
@@ -35,6 +37,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_ndim",
+    "check_nonempty",
     "check_reduction",
     "check_same_batch",
     "check_spatial_mask",
@@ -90,10 +93,34 @@ def describe(value: Any) -> str:
 
 
 def check_tensor(value: Any, name: str) -> torch.Tensor:
-    """Raise TypeError unless ``value`` is a tensor; return it."""
-    if isinstance(value, torch.Tensor):
-        return value
-    raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    """Raise TypeError unless ``value`` is a tensor, ValueError for a meta tensor; return it."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} must hold data on a real device (cpu, cuda, ...), got a meta tensor of "
+            f"shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_device(value: torch.Tensor, name: str, device: torch.device, owner: str) -> None:
+    """Raise ValueError unless ``value`` lives on ``device`` (that of ``owner``, for the message)."""
+    if value.device != device:
+        raise ValueError(
+            f"{name} must be on the same device as {owner} ({device}), got {describe(value)} "
+            f"on {value.device}"
+        )
+
+
+def check_nonempty(value: torch.Tensor, name: str, dims: Sequence[int], layout: str) -> None:
+    """Raise ValueError if any of the dimensions ``dims`` of ``value`` has size 0."""
+    empty = [d for d in dims if value.shape[d] == 0]
+    if empty:
+        raise ValueError(
+            f"{name} must have non-empty dimensions {layout} (no size 0 outside the batch), "
+            f"got shape {tuple(value.shape)}"
+        )
 
 
 def check_floating_tensor(value: Any, name: str) -> torch.Tensor:
@@ -266,7 +293,7 @@ def check_float(
     scalar_tensor = (
         isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
     )
-    if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {describe(value)}")
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise TypeError(
@@ -287,12 +314,12 @@ def check_float(
 
 
 def check_int(value: Any, name: str, *, low: int | None = None) -> int:
-    """Check an integer (not a bool), optionally ``>= low``; return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check an integer (not a bool; numpy integers pass), optionally ``>= low``; return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {describe(value)}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    return int(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
@@ -369,6 +396,7 @@ def check_feature_map(value: Any, name: str, channels: int | None = None) -> tor
     """Check a floating-point feature map ``[B, C, H, W]`` (with ``C = channels`` if given)."""
     tensor = check_floating_tensor(value, name)
     check_ndim(tensor, name, (4,), "[B, C, H, W]")
+    check_nonempty(tensor, name, (1, 2, 3), "C, H, W")
     if channels is not None and tensor.shape[1] != channels:
         raise ValueError(
             f"{name} must have in_channels = {channels} channels ([B, C, H, W]), got shape "
@@ -398,6 +426,7 @@ def check_spatial_mask(
         raise ValueError(
             f"{name} must have shape [B, 1, h, w] or [B, h, w], got shape {tuple(tensor.shape)}"
         )
+    check_nonempty(tensor, name, (2, 3), "h, w")
     check_values = ValueChecks() if checks is None else checks
     check_values.values(tensor, name, unit_interval=unit_interval)
     if checks is None:

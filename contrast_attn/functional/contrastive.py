@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, compute_dtype, contrastive_rows
+from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, contrastive_rows, normalize_rows
 from ..distributed import all_reduce_sum, gather_no_grad, gather_with_grad, rank_and_world_size
 
 __all__ = [
@@ -424,7 +423,7 @@ def _contrast(
     device = rows.device
     anchor_index = None  # without gather every row is an anchor, in order
     with torch.autocast(device_type=device.type, enabled=False):
-        keys = F.normalize(rows.to(compute_dtype(rows)), dim=1)
+        keys = normalize_rows(rows)
         global_batch = batch
         if gather:
             rank, world = rank_and_world_size()
