@@ -238,6 +238,7 @@ def regularize(
         or projected.ndim != 2
         or projected.shape[0] != vectors.shape[0]
         or not projected.is_floating_point()
+        or projected.shape[1] == 0
     ):
         raise ValueError(
             f"projection must map pooled vectors [M, C] = {list(vectors.shape)} to a floating "

@@ -71,7 +71,9 @@ class MaskGuidedAttention(nn.Module):
             ``teacher_forcing`` outside [0, 1], non-positive sizes or an even
             ``kernel_size``; in the call, ``features`` not ``[B, in_channels, H, W]``,
             a mask not ``[B, 1, h, w]``/``[B, h, w]`` or outside [0, 1], a batch
-            mismatch, ``valid`` not ``[B]`` 0/1 or given without a mask.
+            mismatch, ``valid`` not ``[B]`` 0/1 or given without a mask, ``features``
+            on another device than the layer, or (in training, before BatchNorm
+            updates its running statistics) non-finite ``features``.
 
     Attributes:
         last_logits: ``[B, 1, H, W]`` attention logits of the last forward call
@@ -157,8 +159,12 @@ class MaskGuidedAttention(nn.Module):
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _checks.check_feature_map(features, "features", self.in_channels)
+        _checks.check_device(features, "features", next(self.parameters()).device, "the layer")
         batch = features.shape[0]
         checks = _checks.ValueChecks()
+        if self.training:
+            # Before BatchNorm sees them: a NaN would poison its running statistics for good.
+            checks.values(features, "features")
         if mask is not None:
             mask = _checks.check_spatial_mask(mask, "mask", checks=checks)
             _checks.check_same_batch(features, "features", mask, "mask")
