@@ -214,8 +214,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a (detached) tensor over ranks; identity outside a process group.
 
     Returns a new tensor; the input is not modified.
+
+    Raises:
+        TypeError: ``tensor`` is not a tensor.
+        ValueError: A meta tensor.
     """
-    out = tensor.detach().clone()
+    out = _checks.check_tensor(tensor, "tensor").detach().clone()
     if is_distributed() and dist.get_world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out

@@ -69,6 +69,7 @@ def check_counts(
                 f"got {type(counts).__name__}"
             )
         counts = _counts_tensor(counts)
+    _checks.check_tensor(counts, "counts")
     if counts.dtype == torch.bool or counts.is_complex():
         raise TypeError(f"counts must hold integer sample counts, got dtype {counts.dtype}")
     if counts.ndim != 1 or counts.numel() == 0:
