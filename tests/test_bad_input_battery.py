@@ -369,3 +369,42 @@ def test_every_public_callable_is_in_the_battery() -> None:
     covered = {name.split(" ")[0].split(".")[-1].rstrip("()") for name in SPECS} | NO_INPUT
     public = set(contrast_attn.__all__) | set(CF.__all__) | set(distributed.__all__)
     assert public - covered == set()
+
+
+@pytest.mark.parametrize("layer", ["attention", "head"])
+def test_nan_in_training_is_refused_before_batch_norm(layer: str) -> None:
+    if layer == "attention":
+        module: torch.nn.Module = contrast_attn.MaskGuidedAttention(C)
+        clean = _rows(B, C, 5, 5)
+    else:
+        module = contrast_attn.ProjectionHead(C, out_features=4)
+        clean = _rows(B, C)
+    bn = next(m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    name = "features" if layer == "attention" else "x"
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        module.train()(_with(clean, (0,) * clean.ndim, math.nan))
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    out = module.eval()(clean)
+    assert all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,)))
+
+
+@pytest.mark.parametrize("layer", ["attention", "head"])
+def test_input_on_another_device_than_the_layer(layer: str) -> None:
+    if layer == "attention":
+        module: torch.nn.Module = contrast_attn.MaskGuidedAttention(C).to("meta")
+        x, name = _rows(B, C, 5, 5), "features"
+    else:
+        module, x, name = contrast_attn.ProjectionHead(C).to("meta"), _rows(B, C), "x"
+    with pytest.raises(ValueError, match=f"{name} must be on the same device"):
+        module(x)
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    z = _rows(B, 2, 8)
+    for tau in (np.float32(0.5), np.float64(0.5), np.float16(0.5)):
+        assert contrast_attn.NTXentLoss(tau)(z).item() == CF.nt_xent_loss(z, temperature=0.5).item()
+    assert contrast_attn.NTXentLoss(chunk_size=np.int64(3)).chunk_size == 3
+    with pytest.raises(TypeError, match="temperature"):
+        contrast_attn.NTXentLoss(np.bool_(True))
