@@ -101,7 +101,11 @@ def check_counts(
 
 def _counts_tensor(counts: Sequence[Any] | np.ndarray) -> torch.Tensor:
     """A sequence or array of counts as a tensor; entries that are no number fit for one refused."""
-    for i, value in enumerate(np.asarray(counts, dtype=object).reshape(-1)):
+    if isinstance(counts, np.ndarray) and counts.dtype != object:
+        return torch.as_tensor(counts)
+    for i, value in enumerate(counts):
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            continue  # a nested sequence: its shape is refused below
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(
                 f"counts must hold numbers of samples, got {value!r} ({type(value).__name__}) "
@@ -111,7 +115,10 @@ def _counts_tensor(counts: Sequence[Any] | np.ndarray) -> torch.Tensor:
             raise ValueError(
                 f"counts must be sample counts that fit in int64, got {value} at position {i}"
             )
-    return torch.as_tensor(counts)
+    try:
+        return torch.as_tensor(counts)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"counts must be a sequence of sample counts, got {counts!r}") from error
 
 
 def _counts_message(counts: torch.Tensor, zero_count: str | None) -> str:
