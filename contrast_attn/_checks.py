@@ -18,6 +18,7 @@ data-dependent branch would break the graph).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_bool_mask",
     "check_choice",
     "check_class_target",
+    "check_device",
     "check_feature_map",
     "check_finite",
     "check_float",
@@ -36,6 +38,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_ndim",
+    "check_nonempty",
     "check_reduction",
     "check_same_batch",
     "check_spatial_dims",
@@ -92,10 +95,34 @@ def describe(value: Any) -> str:
 
 
 def check_tensor(value: Any, name: str) -> torch.Tensor:
-    """Raise TypeError unless ``value`` is a tensor; return it."""
-    if isinstance(value, torch.Tensor):
-        return value
-    raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    """Raise TypeError unless ``value`` is a tensor, ValueError for a meta tensor; return it."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} must hold data on a real device (cpu, cuda, ...), got a meta tensor of "
+            f"shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_device(value: torch.Tensor, name: str, device: torch.device, owner: str) -> None:
+    """Raise ValueError unless ``value`` lives on ``device`` (that of ``owner``, for the message)."""
+    if value.device != device:
+        raise ValueError(
+            f"{name} must be on the same device as {owner} ({device}), got {describe(value)} "
+            f"on {value.device}"
+        )
+
+
+def check_nonempty(value: torch.Tensor, name: str, dims: Sequence[int], layout: str) -> None:
+    """Raise ValueError if any of the dimensions ``dims`` of ``value`` has size 0."""
+    empty = [d for d in dims if value.shape[d] == 0]
+    if empty:
+        raise ValueError(
+            f"{name} must have non-empty dimensions {layout} (no size 0 outside the batch), "
+            f"got shape {tuple(value.shape)}"
+        )
 
 
 def check_floating_tensor(value: Any, name: str) -> torch.Tensor:
@@ -268,7 +295,7 @@ def check_float(
     scalar_tensor = (
         isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
     )
-    if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if not scalar_tensor and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {describe(value)}")
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise TypeError(
@@ -289,12 +316,12 @@ def check_float(
 
 
 def check_int(value: Any, name: str, *, low: int | None = None) -> int:
-    """Check an integer (not a bool), optionally ``>= low``; return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check an integer (not a bool; numpy integers pass), optionally ``>= low``; return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {describe(value)}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    return int(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
@@ -413,6 +440,9 @@ def check_feature_map(
     tensor = check_floating_tensor(value, name)
     dims = tuple(FEATURE_LAYOUTS) if spatial_dims is None else (spatial_dims,)
     check_ndim(tensor, name, [d + 2 for d in dims], " or ".join(FEATURE_LAYOUTS[d] for d in dims))
+    check_nonempty(
+        tensor, name, range(1, tensor.ndim), "C, " + ("D, H, W" if tensor.ndim == 5 else "H, W")
+    )
     if channels is not None and tensor.shape[1] != channels:
         raise ValueError(
             f"{name} must have in_channels = {channels} channels "
@@ -463,6 +493,7 @@ def check_spatial_mask(
         tensor = tensor[:, None]
     elif tensor.ndim != spatial_dims + 2 or tensor.shape[1] != 1:
         raise ValueError(f"{name} must have shape {layout}, got shape {tuple(tensor.shape)}")
+    check_nonempty(tensor, name, range(2, tensor.ndim), "d, h, w" if spatial_dims == 3 else "h, w")
     check_values = ValueChecks() if checks is None else checks
     check_values.values(tensor, name, unit_interval=unit_interval)
     if checks is None:

@@ -68,6 +68,7 @@ __all__ = [
     "compute_dtype",
     "contrastive_rows",
     "default_chunk_size",
+    "normalize_rows",
 ]
 
 # Above this many anchor-key pairs the tiled kernel is used automatically
@@ -127,6 +128,26 @@ class RowLosses(NamedTuple):
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """float64 for float64 input, else float32 (fp16/bf16 similarities overflow exp())."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
+    r"""L2-normalised rows ``[N, D]`` in the compute dtype, for rows of any magnitude.
+
+    .. math::
+        \hat z_i = \frac{z_i / m_i}{\max(\lVert z_i / m_i \rVert, 1/2)}, \qquad
+        m_i = \max_d |z_{id}| \ (1 \text{ for a zero row}),
+
+    which equals :math:`z_i / \lVert z_i \rVert` for every non-zero row: after the
+    division by its largest entry a row's norm lies in :math:`[1, \sqrt{D}]`, so its
+    squared norm cannot overflow (float32 overflows from :math:`|z_i| \approx 10^{19}`)
+    and the clamp at 1/2 never acts. :math:`m_i` is held constant in the gradient, which
+    is exact (the result does not depend on it). A zero row stays zero, and its
+    Jacobian is twice the identity: a finite gradient in every dtype, where the usual
+    clamp at a tiny norm multiplies it by :math:`10^{12}` (Inf in float16).
+    """
+    x = rows.to(compute_dtype(rows))
+    scale = x.detach().abs().amax(dim=1, keepdim=True)
+    return F.normalize(x / torch.where(scale > 0, scale, 1.0), dim=1, eps=0.5)
 
 
 def default_chunk_size(num_keys: int, element_size: int = 4) -> int:

@@ -255,7 +255,7 @@ def _training_step() -> Callable[[], None]:
     return step
 
 
-@pytest.mark.parametrize(("checks", "limit"), [(True, 5), (False, 0)])
+@pytest.mark.parametrize(("checks", "limit"), [(True, 7), (False, 0)])
 def test_training_step_syncs(checks: bool, limit: int) -> None:
     step = _training_step()
     step()  # warm-up (lazy state)
@@ -265,5 +265,6 @@ def test_training_step_syncs(checks: bool, limit: int) -> None:
             step()
     finally:
         contrast_attn.set_finite_checks(True)
-    # Four losses and one layer with value checks: at most one synchronisation each.
+    # Four losses and three layer calls in training (attention, the head twice) with value
+    # checks: at most one synchronisation each.
     assert len(counter.ops) <= limit, counter.ops

@@ -86,6 +86,9 @@ def class_activation_map(
     checks = _checks.ValueChecks()
     checks.indices(target, "target", num_classes)
     checks.values(features, "features")
+    checks.values(fc_weight, "fc_weight")
+    if fc_bias is not None:
+        checks.values(fc_bias, "fc_bias")
     checks.run()
     dtype = torch.promote_types(features.dtype, fc_weight.dtype)
     cam = torch.einsum("bc...,bc->b...", features.to(dtype), fc_weight[target].to(dtype))[:, None]

@@ -12,9 +12,10 @@ and the normalisation of the mean.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 import numpy as np
 import torch
@@ -76,7 +77,8 @@ def check_counts(
                 f"counts must be a tensor, an array or a sequence of per-class sample counts, "
                 f"got {type(counts).__name__}"
             )
-        counts = torch.as_tensor(counts)
+        counts = _counts_tensor(counts)
+    _checks.check_tensor(counts, "counts")
     if counts.dtype == torch.bool or counts.is_complex():
         raise TypeError(f"counts must hold integer sample counts, got dtype {counts.dtype}")
     if counts.ndim != 1 or counts.numel() == 0:
@@ -132,6 +134,28 @@ class CountsPolicy:
             empty_class=self.empty_class,
             checks=checks,
         )
+
+
+def _counts_tensor(counts: Sequence[Any] | np.ndarray) -> torch.Tensor:
+    """A sequence or array of counts as a tensor; entries that are no number fit for one refused."""
+    if isinstance(counts, np.ndarray) and counts.dtype != object:
+        return torch.as_tensor(counts)
+    for i, value in enumerate(counts):
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            continue  # a nested sequence: its shape is refused below
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"counts must hold numbers of samples, got {value!r} ({type(value).__name__}) "
+                f"at position {i}"
+            )
+        if isinstance(value, numbers.Integral) and not -(2**63) <= int(value) < 2**63:
+            raise ValueError(
+                f"counts must be sample counts that fit in int64, got {value} at position {i}"
+            )
+    try:
+        return torch.as_tensor(counts)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"counts must be a sequence of sample counts, got {counts!r}") from error
 
 
 def _counts_message(counts: torch.Tensor, zero_count: str | None, empty_class: str) -> str:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, compute_dtype, contrastive_rows
+from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, contrastive_rows, normalize_rows
 from ..distributed import all_reduce_sum, gather_no_grad, gather_with_grad, rank_and_world_size
 
 __all__ = [
@@ -219,6 +218,7 @@ def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor | None) -> tuple[torch.Tens
     _checks.check_floating_tensor(z1, "z1")
     if z2 is None:
         _checks.check_ndim(z1, "z1", (3,), "[B, V, D] (all views) when z2 is None")
+        _checks.check_nonempty(z1, "z1", (2,), "D")
         if z1.shape[1] < 2:
             raise ValueError(
                 f"z1 must hold V >= 2 views along dim 1 ([B, V, D]), got V = {z1.shape[1]} "
@@ -227,6 +227,7 @@ def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor | None) -> tuple[torch.Tens
         return _view_major(z1), z1.shape[1]
     _checks.check_floating_tensor(z2, "z2")
     _checks.check_ndim(z1, "z1", (2,), "[B, D] when z2 is given")
+    _checks.check_nonempty(z1, "z1", (1,), "D")
     if z1.shape != z2.shape:
         raise ValueError(
             f"z1 and z2 must have the same shape [B, D], got {tuple(z1.shape)} and "
@@ -383,6 +384,7 @@ def _supcon_views(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     _checks.check_floating_tensor(features, "features")
     _checks.check_ndim(features, "features", (2, 3), "[B, D] or [B, V, D]")
+    _checks.check_nonempty(features, "features", (-1,), "D")
     views = features if features.ndim == 3 else features[:, None]
     batch = views.shape[0]
     if views.shape[1] < 1:
@@ -424,7 +426,7 @@ def _contrast(
     device = rows.device
     anchor_index = None  # without gather every row is an anchor, in order
     with torch.autocast(device_type=device.type, enabled=False):
-        keys = F.normalize(rows.to(compute_dtype(rows)), dim=1)
+        keys = normalize_rows(rows)
         global_batch = batch
         if gather:
             rank, world = rank_and_world_size()

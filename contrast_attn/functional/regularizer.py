@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .._rows import Positives, Temperature, compute_dtype, contrastive_rows
+from .._rows import Positives, Temperature, contrastive_rows, normalize_rows
 from ..distributed import all_reduce_sum, gather_variable_with_grad, rank_and_world_size
 from .contrastive import VARIANTS, check_contrastive_common
 from .pooling import pool_regions
@@ -241,6 +240,7 @@ def regularize(
         or projected.ndim != 2
         or projected.shape[0] != vectors.shape[0]
         or not projected.is_floating_point()
+        or projected.shape[1] == 0
     ):
         raise ValueError(
             f"projection must map pooled vectors [M, C] = {list(vectors.shape)} to a floating "
@@ -257,7 +257,7 @@ def regularize(
         dim=1,
     )
     with torch.autocast(device_type=device.type, enabled=False):
-        keys = F.normalize(projected.to(compute_dtype(projected)), dim=1)
+        keys = normalize_rows(projected)
         offset = 0
         if config.gather:
             # Own lesion anchors against the keys of every rank; this rank's rows start at offset.

@@ -78,7 +78,9 @@ class MaskGuidedAttention(nn.Module):
             ``kernel_size`` or ``spatial_dims`` not 2 or 3; in the call, ``features``
             not ``[B, in_channels, H, W]`` (``[B, in_channels, D, H, W]``), a mask
             of another layout or outside [0, 1], a batch mismatch, ``valid`` not
-            ``[B]`` 0/1 or given without a mask.
+            ``[B]`` 0/1 or given without a mask, ``features`` on another device than
+            the layer, or (in training, before BatchNorm updates its running
+            statistics) non-finite ``features``.
 
     Attributes:
         last_logits: ``[B, 1, H, W]`` (``[B, 1, D, H, W]``) attention logits of
@@ -174,8 +176,12 @@ class MaskGuidedAttention(nn.Module):
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _checks.check_feature_map(features, "features", self.in_channels, self.spatial_dims)
+        _checks.check_device(features, "features", next(self.parameters()).device, "the layer")
         batch = features.shape[0]
         checks = _checks.ValueChecks()
+        if self.training:
+            # Before BatchNorm sees them: a NaN would poison its running statistics for good.
+            checks.values(features, "features")
         if mask is not None:
             mask = _checks.check_spatial_mask(
                 mask, "mask", spatial_dims=self.spatial_dims, checks=checks

@@ -55,7 +55,9 @@ class ProjectionHead(nn.Module):
     Raises:
         TypeError: Non-int sizes or a non-bool ``batch_norm``/``output_batch_norm``;
             in the call, a non-tensor or non-floating input.
-        ValueError: Sizes below 1; in the call, an input not ``[N, in_features]``.
+        ValueError: Sizes below 1; in the call, an input not ``[N, in_features]``, on
+            another device than the head, or (in training, before BatchNorm updates
+            its running statistics) not finite.
 
     References:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual
@@ -113,5 +115,9 @@ class ProjectionHead(nn.Module):
                 f"x must have shape [N, in_features] = [N, {self.in_features}], "
                 f"got shape {tuple(x.shape)}"
             )
+        _checks.check_device(x, "x", next(self.parameters()).device, "the head")
+        if self.training:
+            # Before BatchNorm sees them: a NaN would poison its running statistics for good.
+            _checks.check_finite(x, "x")
         out: torch.Tensor = self.layers(x)
         return out

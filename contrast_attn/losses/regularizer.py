@@ -106,8 +106,10 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         _checks.check_feature_map(features, "features", self.in_channels)
+        # The head's layers without its input checks: the pooled vectors come from
+        # features that regularize() has checked (a second check would be a second sync).
         loss, self.last_num_anchors = regularize(
-            self.config, features, mask, labels, valid=valid, projection=self.projection
+            self.config, features, mask, labels, valid=valid, projection=self.projection.layers
         )
         return loss
 
