@@ -67,6 +67,9 @@ def set_finite_checks(enabled: bool) -> None:
     Args:
         enabled: ``True`` to scan inputs (the default), ``False`` to skip.
 
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+
     Examples:
         >>> import contrast_attn
         >>> contrast_attn.set_finite_checks(False)
@@ -83,6 +86,11 @@ def finite_checks_enabled() -> bool:
 
     Returns:
         The current global setting (see :func:`set_finite_checks`).
+
+    Examples:
+        >>> import contrast_attn
+        >>> contrast_attn.finite_checks_enabled()  # on by default
+        True
     """
     return _FINITE_CHECKS
 

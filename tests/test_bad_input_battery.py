@@ -277,7 +277,10 @@ def _bad_values(kind: str, value: Any) -> Iterator[tuple[str, Any]]:
         yield "not a tensor", value.tolist()
         yield "device", value.to("meta")
         if kind not in ("any_tensor", "count_tensor"):
-            yield "wrong ndim", value[None]
+            # Feature maps may be images [B, C, H, W] or volumes [B, C, D, H, W]:
+            # two extra dimensions are wrong for both.
+            extra = (None, None) if kind in ("fmap", "fmap1") else (None,)
+            yield "wrong ndim", value[extra]
     if kind in ("rows", "fmap", "fmap1", "logits", "prob", "weight"):
         yield "dtype", value.long()
         yield "dtype complex", value.to(torch.complex64)

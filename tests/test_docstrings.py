@@ -30,15 +30,7 @@ from contrast_attn import distributed, functional
 
 SECTION = re.compile(r"^\s*(\w+(?: \w+)?):\s*$", re.MULTILINE)
 # Missing sections found when the test was written (see the module docstring).
-KNOWN_GAPS: dict[str, str] = {
-    "contrast_attn.NTXentLoss": "Raises",
-    "contrast_attn.SupConLoss": "Raises",
-    "contrast_attn.finite_checks_enabled": "Examples",
-    "contrast_attn.set_finite_checks": "Raises",
-    "contrast_attn.distributed.all_reduce_sum": "Raises",
-    "contrast_attn.distributed.gather_variable_with_grad": "Raises",
-    "contrast_attn.distributed.gather_with_grad": "Raises",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def public_symbols() -> list[tuple[str, Any]]:

@@ -31,6 +31,14 @@ class NTXentLoss(ConfiguredModule):
         Called as ``loss(z1, z2)`` with two ``[B, D]`` views or ``loss(views)`` with
         ``[B, V, D]``; returns a scalar (``[V * B]`` for ``reduction="none"``).
 
+    Raises:
+        TypeError: A hyper-parameter of the wrong type (at construction), or views
+            that are not floating tensors (in the call).
+        ValueError: ``temperature`` not positive, an unknown ``reduction``, a bad
+            ``chunk_size`` (at construction); views of mismatched or empty shapes,
+            NaN/Inf values, or (with ``gather``) ranks whose shapes or dtypes differ
+            (in the call).
+
     References:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual
         Representations", ICML 2020.
@@ -89,6 +97,15 @@ class SupConLoss(ConfiguredModule):
     Shape:
         ``loss(features, labels=None, mask=None)`` with features ``[B, V, D]`` or
         ``[B, D]``, labels ``[B]``, mask ``[B, B]``.
+
+    Raises:
+        TypeError: A hyper-parameter of the wrong type (at construction); features,
+            labels or mask of the wrong type (in the call).
+        ValueError: ``temperature`` or ``base_temperature`` not positive, an unknown
+            ``variant``, ``no_positive`` or ``reduction`` (at construction); shapes
+            that do not match, both ``labels`` and ``mask``, a mask that is not 0/1,
+            NaN/Inf values, or an anchor without a positive under
+            ``no_positive="error"`` (in the call).
 
     References:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
