@@ -32,6 +32,7 @@ from examples.deep_pneumonia import finetune as finetune_stage
 from examples.deep_pneumonia import pretrain as pretrain_stage
 from examples.deep_pneumonia.checkpoint import RunMismatch, remove_stale_temporaries
 from examples.deep_pneumonia.config import (
+    ALIASES,
     PRESETS,
     SECTIONS,
     Config,
@@ -198,7 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)  # fmt: skip
         else:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=text)  # fmt: skip
+    _add_alias_flags(parser, groups)
     return parser
+
+
+def _add_alias_flags(
+    parser: argparse.ArgumentParser, groups: dict[str, argparse._ArgumentGroup]
+) -> None:
+    """``--NAME``/``--no-NAME`` for each alias of :data:`ALIASES` (a setting's two values)."""
+    sections = {f.name: f.metadata["section"] for f in dataclasses.fields(Config)}
+    for alias, (name, on, off) in ALIASES.items():
+        text = f"--{name.replace('_', '-')} {on} (--no-...: {off})"
+        flag = "--" + alias.replace("_", "-")
+        groups[sections[name]].add_argument(flag, dest=alias, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -208,10 +221,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ValueError, TypeError: naming the setting, on an unknown, unparsable or invalid one.
     """
     changes: dict[str, Any] = dict(parse_assignment(item) for item in args.set)
-    for f in dataclasses.fields(Config):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            changes[f.name] = parse_value(f.name, value) if isinstance(value, str) else value
+    for name in [f.name for f in dataclasses.fields(Config)] + list(ALIASES):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            changes[name] = parse_value(name, value) if isinstance(value, str) else value
     if args.data_option:
         options = dict(changes.get("data_options", PRESETS[args.preset].get("data_options", {})))
         for item in args.data_option:
