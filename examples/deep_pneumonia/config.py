@@ -172,10 +172,16 @@ class Config:
         "softmax", "class-balanced loss form", "finetune", _one_of("softmax", "sigmoid", "focal")
     )
     logit_adjust_tau: float = setting(
-        1.0, "tau of the logit-adjusted loss (imbalance 'logit_adjusted')", "finetune", _at_least(0.0)
+        1.0,
+        "tau of the logit-adjusted loss (imbalance 'logit_adjusted')",
+        "finetune",
+        _at_least(0.0),
     )
     ldam_max_margin: float = setting(
-        1.0, "LDAM margin of the rarest class, in logits (imbalance 'ldam_drw')", "finetune", _at_least(0.0)
+        1.0,
+        "LDAM margin of the rarest class, in logits (imbalance 'ldam_drw')",
+        "finetune",
+        _at_least(0.0),
     )
     drw_epoch: int | None = setting(
         None,

@@ -11,7 +11,8 @@ to ``runs/deep_pneumonia``::
 
 Outputs: ``config.json``, ``checkpoints/`` (written atomically after every epoch;
 ``--resume`` continues exactly), ``metrics.json``, ``plots/curves.png``,
-``plots/confusion_matrix.png``, ``plots/attention.png`` and ``report.md``.
+``plots/confusion_matrix.png``, ``plots/confusion_matrix_normalised.png``,
+``plots/attention.png`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from examples.deep_pneumonia.model import Backbone, DeepPneumoniaNet
 from examples.deep_pneumonia.plots import (
     attention_overlays,
     confusion_matrix_plot,
+    normalised_confusion_plot,
     training_curves,
 )
 from examples.deep_pneumonia.pretrain import load_pretrained, pretrain
@@ -93,7 +95,12 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
         metrics = None
         if stage in ("all", "evaluate") and rt.is_main:
             metrics = evaluate(
-                net.to(rt.device), splits.test, splits.train.class_counts(), rt, cfg.batch_size
+                net.to(rt.device),
+                splits.test,
+                splits.train.class_counts(),
+                rt,
+                cfg.batch_size,
+                tune=splits.val,
             )
             curves = {"pretrain": pretrain_history, "finetune": history}
             _write_outputs(cfg, metrics, net, splits, curves, rt, out)
@@ -159,6 +166,11 @@ def _write_outputs(
     training_curves(history, plots / "curves.png")
     confusion_matrix_plot(
         metrics["confusion_matrix"], splits.class_names, plots / "confusion_matrix.png"
+    )
+    normalised_confusion_plot(
+        metrics["confusion_matrix_normalised"],
+        splits.class_names,
+        plots / "confusion_matrix_normalised.png",
     )
     attention_overlays(net, splits.test, rt, plots / "attention.png")
     write_report(cfg, metrics, out / "report.md")
