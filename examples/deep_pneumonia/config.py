@@ -130,9 +130,12 @@ class Config:
         None, "state_dict of a 1-channel ResNet to start from", "backbone"
     )
     feature_stage: int = setting(2, "the stage attended and regularised", "model", _one_of(2, 3, 4))
-    # MaskGuidedAttention's arguments (mode, residual, teacher_forcing, initial_attention).
+    # MaskGuidedAttention's arguments (mode, residual, threshold, teacher_forcing, initial_attention).
     attention_mode: str = setting("hard", "attention gate: 'soft' or 'hard'", "model", _one_of("soft", "hard"))  # fmt: skip
     attention_residual: bool = setting(False, "gate f * (1 + a) instead of f * a", "model")
+    attention_threshold: float = setting(
+        0.5, "hard gate: open where a >= this", "model", _between(0.0, 1.0, open_interval=True)
+    )
     teacher_forcing: float = setting(
         0.5, "probability of gating a training image by its mask", "model", _between(0.0, 1.0)
     )

@@ -72,6 +72,7 @@ def build_net(cfg: Config, backbone: Backbone, num_classes: int) -> DeepPneumoni
             backbone.channels[cfg.feature_stage - 1],
             mode=cfg.attention_mode,
             residual=cfg.attention_residual,
+            threshold=cfg.attention_threshold,
             teacher_forcing=cfg.teacher_forcing,
             initial_attention=cfg.initial_attention,
         )
