@@ -60,16 +60,26 @@ def fresh_test_set(seed: int, num_images: int, image_size: int) -> PhantomDatase
     return PhantomDataset(indices, labels, seed=seed, image_size=image_size)
 
 
-def scores(summary: dict[str, Any]) -> tuple[float, float, float]:
-    """``COLUMNS`` of a decision summary."""
-    return summary["minority_recall"], summary["balanced_accuracy"], summary["macro_f1"]
+COLLAPSE = 0.95  # a run predicting one class for this share of the test images collapsed
+
+Scores = tuple[float, float, float, float]
+
+
+def scores(summary: dict[str, Any]) -> Scores:
+    """``COLUMNS`` of a decision summary, and the share of its most predicted class."""
+    return (
+        summary["minority_recall"],
+        summary["balanced_accuracy"],
+        summary["macro_f1"],
+        summary["dominant_share"],
+    )
 
 
 def run_methods(
     base: Config, splits: DataSplits, test: Any, methods: Sequence[str]
-) -> dict[str, tuple[float, float, float]]:
+) -> dict[str, Scores]:
     """Fine-tune each method on ``splits``; its scores on ``test`` (and CE's post-hoc ones)."""
-    rows: dict[str, tuple[float, float, float]] = {}
+    rows: dict[str, Scores] = {}
     counts = splits.train.class_counts()
     for method in methods:
         cfg = base.replace(imbalance=method)
@@ -89,15 +99,15 @@ def run_methods(
     return rows
 
 
-def summarise(runs: list[dict[str, tuple[float, float, float]]]) -> list[str]:
+def summarise(runs: list[dict[str, Scores]]) -> list[str]:
     """Markdown rows: mean ± std of each column, then the paired difference to CE."""
     lines = [
         "| method | "
         + " | ".join(COLUMNS)
         + " | "
         + " | ".join(f"Δ {c} vs CE [95 % CI]" for c in COLUMNS)
-        + " |",
-        "|---" * (2 * len(COLUMNS) + 1) + "|",
+        + " | collapsed |",
+        "|---" * (2 * len(COLUMNS) + 2) + "|",
     ]
     for method in runs[0]:
         cells = []
@@ -118,8 +128,66 @@ def summarise(runs: list[dict[str, tuple[float, float, float]]]) -> list[str]:
             cells.append(
                 f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
             )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        collapsed = sum(run[method][3] >= COLLAPSE for run in runs)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {collapsed}/{len(runs)} |")
     return lines
+
+
+def phantom_table(
+    base: Config,
+    name: str,
+    seeds: list[int],
+    tests: dict[int, PhantomDataset],
+    methods: Sequence[str],
+    clock: float,
+) -> None:
+    """Print the table of the phantom with training imbalance ``name``."""
+    runs = []
+    for seed in seeds:
+        seed_everything(seed, "data")
+        splits = build_datasets(
+            "synthetic",
+            image_size=base.image_size,
+            seed=seed,
+            num_images=base.phantom_images,
+            class_fractions=IMBALANCES[name],
+        )
+        runs.append(run_methods(base.replace(seed=seed), splits, tests[seed], methods))
+        progress(f"{name} seed {seed}, train counts {splits.train.class_counts()}", runs[-1], clock)
+    counts = np.bincount(tests[seeds[0]].targets, minlength=4).tolist()
+    print(
+        f"\nPhantom, training imbalance {name} (train counts of seed {seeds[-1]}:"
+        f" {splits.train.class_counts()}), seeds {seeds}, {len(tests[seeds[0]])} fresh"
+        f" test images per seed ({counts} per class); minority = covid19:\n"
+    )
+    print("\n".join(summarise(runs)), flush=True)
+
+
+def hannover_table(base: Config, seeds: list[int], methods: Sequence[str], clock: float) -> None:
+    """Print the table of the Hannover ICU task (no masks: no attention, no regulariser)."""
+    real = base.replace(
+        data="hannover", data_options={"root": str(HANNOVER)}, attention=False, regularizer=False
+    )
+    runs = []
+    for seed in seeds:
+        cfg = real.replace(seed=seed)
+        seed_everything(seed, "data")
+        splits = build_datasets(cfg.data, image_size=cfg.image_size, seed=seed, **cfg.data_kwargs())
+        runs.append(run_methods(cfg, splits, splits.test, methods))
+        progress(f"hannover seed {seed}", runs[-1], clock)
+    print(
+        f"\nHannover ICU task, no attention/regulariser, seeds {seeds} (each its own"
+        f" patient-grouped split; test images of the last: {np.bincount(splits.test.targets).tolist()}"
+        f" {splits.class_names}); minority ="
+        f" {splits.class_names[int(np.argmin(splits.train.class_counts()))]}:\n"
+    )
+    print("\n".join(summarise(runs)), flush=True)
+
+
+def progress(what: str, rows: dict[str, Scores], clock: float) -> None:
+    """One line per seed on stderr: minority recall / balanced accuracy of each method."""
+    cells = ", ".join(f"{m} {r[0]:.2f}/{r[1]:.2f}" for m, r in rows.items())
+    print(f"{what}: {cells} ({time.perf_counter() - clock:.0f} s)", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -134,58 +202,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.test_images, args.no_real = args.seeds[:2], 500, True
-    imbalances = dict(list(IMBALANCES.items())[:1]) if args.quick else IMBALANCES
+    names = list(IMBALANCES)[:1] if args.quick else list(IMBALANCES)
     changes = dict(parse_assignment(item) for item in args.set)
     base = preset("quick", **{"pretrain": False, "progress": False, "device": "cpu", **changes})
-    start = time.perf_counter()
-    tests = {}
-    for seed in args.seeds:
-        tests[seed] = fresh_test_set(seed, args.test_images, base.image_size)
-    test_counts = np.bincount(tests[args.seeds[0]].targets, minlength=4).tolist()
-    for name, fractions in imbalances.items():
-        runs = []
-        for seed in args.seeds:
-            seed_everything(seed, "data")
-            splits = build_datasets(
-                "synthetic", image_size=base.image_size, seed=seed, class_fractions=fractions
-            )
-            runs.append(run_methods(base.replace(seed=seed), splits, tests[seed], args.methods))
-            print(
-                f"{name} seed {seed}: train counts {splits.train.class_counts()}, "
-                + ", ".join(f"{m} {r[0]:.2f}/{r[1]:.2f}" for m, r in runs[-1].items())
-                + f" ({time.perf_counter() - start:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        print(
-            f"\nPhantom, training imbalance {name} (train counts of seed {args.seeds[-1]}:"
-            f" {splits.train.class_counts()}), seeds {args.seeds}, {args.test_images} fresh"
-            f" test images per seed ({test_counts} per class); minority = covid19:\n"
-        )
-        print("\n".join(summarise(runs)))
+    clock = time.perf_counter()
+    tests = {seed: fresh_test_set(seed, args.test_images, base.image_size) for seed in args.seeds}
+    phantom_table(base, names[0], args.seeds, tests, args.methods, clock)
     if not args.no_real and (HANNOVER / "data.csv").is_file():
-        real = base.replace(
-            data="hannover",
-            data_options={"root": str(HANNOVER)},
-            attention=False,
-            regularizer=False,
-        )
-        runs = []
-        for seed in args.hannover_seeds:
-            cfg = real.replace(seed=seed)
-            seed_everything(seed, "data")
-            splits = build_datasets(
-                cfg.data, image_size=cfg.image_size, seed=seed, **cfg.data_kwargs()
-            )
-            runs.append(run_methods(cfg, splits, splits.test, args.methods))
-        print(
-            f"\nHannover ICU task, no attention/regulariser, seeds {args.hannover_seeds}"
-            f" (each its own patient-grouped split; test images of the last:"
-            f" {np.bincount(splits.test.targets).tolist()} {splits.class_names}); minority ="
-            f" {splits.class_names[int(np.argmin(splits.train.class_counts()))]}:\n"
-        )
-        print("\n".join(summarise(runs)))
-    print(f"\nTotal time {time.perf_counter() - start:.0f} s.")
+        hannover_table(base, args.hannover_seeds, args.methods, clock)
+    for name in names[1:]:
+        phantom_table(base, name, args.seeds, tests, args.methods, clock)
+    print(f"\nTotal time {time.perf_counter() - clock:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -284,7 +284,9 @@ def normalised_confusion(matrix: np.ndarray) -> list[list[float] | None]:
 def decision_summary(
     labels: np.ndarray, predicted: np.ndarray, class_names: list[str], minority: int
 ) -> dict[str, Any]:
-    """Recall per class (``None``: no images), balanced accuracy, macro-F1, minority recall."""
+    """Recall per class (``None``: no images), balanced accuracy, macro-F1, minority recall,
+    and the share of the most predicted class (near 1: the rule calls almost every image
+    the same)."""
     present = sorted({int(c) for c in labels})
     recall = {
         name: float((predicted[labels == c] == c).mean()) if c in present else None
@@ -297,6 +299,9 @@ def decision_summary(
             f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
         ),
         "minority_recall": recall[class_names[minority]],
+        "dominant_share": float(
+            np.bincount(predicted, minlength=len(class_names)).max() / max(len(predicted), 1)
+        ),
     }
 
 
