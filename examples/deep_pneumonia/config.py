@@ -134,7 +134,7 @@ class Config:
     attention_mode: str = setting("hard", "attention gate: 'soft' or 'hard'", "model", _one_of("soft", "hard"))  # fmt: skip
     attention_residual: bool = setting(False, "gate f * (1 + a) instead of f * a", "model")
     attention_threshold: float = setting(
-        0.5, "hard gate: open where a >= this", "model", _between(0.0, 1.0, open_interval=True)
+        0.3, "hard gate: open where a >= this", "model", _between(0.0, 1.0, open_interval=True)
     )
     teacher_forcing: float = setting(
         0.5, "probability of gating a training image by its mask", "model", _between(0.0, 1.0)
