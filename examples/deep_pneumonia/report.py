@@ -71,7 +71,7 @@ def _missed_notes(metrics: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def _operating_point(metrics: dict[str, Any]) -> list[str]:
+def _operating_point(metrics: dict[str, Any], imbalance: str) -> list[str]:
     """The table of what the post-hoc logit adjustment would change."""
     point = metrics.get("operating_point")
     if point is None:
@@ -95,6 +95,16 @@ def _operating_point(metrics: dict[str, Any]) -> list[str]:
         " arg max_c logit_c - tau log prior_c with the training class frequencies, no"
         " retraining) would change on the test images:",
         "",
+        *(
+            []
+            if imbalance == "ce"
+            else [
+                f"The correction is made for a model trained with plain cross-entropy; this"
+                f" run's loss ({imbalance!r}) already corrects for the imbalance, so tau = 1"
+                " counts the prior twice.",
+                "",
+            ]
+        ),
         "| | " + " | ".join(name for name, _ in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
         *(f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows),
@@ -147,7 +157,7 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
     lines += [
         "",
         *_missed_notes(metrics),
-        *_operating_point(metrics),
+        *_operating_point(metrics, cfg.imbalance),
         "## Where the model looks",
         "",
         f"Over {lesion['num_images']} test images with an annotated lesion, the fraction of the"
