@@ -5,7 +5,13 @@ evaluation) on the built-in phantom in a few minutes on two CPU cores. Four swit
 turn the paper's components on and off (the ablation):
 
 - ``pretrain``: self-supervised SimCLR pre-training with NT-Xent on the training images;
-- ``class_balanced``: the class-balanced loss (Cui et al.) instead of cross-entropy;
+- ``imbalance``: the classification loss against the class imbalance: ``"cb"``, the
+  class-balanced loss of Cui et al. (the paper's), or ``"ce"``, plain cross-entropy, or
+  one of the long-tail family (``"logit_adjusted"``, ``"balanced_softmax"``,
+  ``"ldam_drw"``; see :mod:`.imbalance`). ``class_balanced`` is its old on/off name:
+  ``class_balanced=False`` (``--no-class-balanced``) is ``imbalance="ce"`` and
+  ``class_balanced=True`` is ``imbalance="cb"``; it is no setting of its own (not in
+  ``config.json``) and reads back as ``imbalance == "cb"``;
 - ``attention``: mask-guided attention on an intermediate stage plus the mask-guidance loss;
 - ``regularizer``: the contrastive feature regulariser on lesion/background features.
 
@@ -33,7 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRESETS", "SECTIONS", "Config", "parse_assignment", "parse_value", "preset"]
+__all__ = [
+    "ALIASES",
+    "IMBALANCE_METHODS",
+    "PRESETS",
+    "SECTIONS",
+    "Config",
+    "parse_assignment",
+    "parse_value",
+    "preset",
+    "resolve_aliases",
+]
 
 # Which part of the run a setting belongs to; a stage's checkpoint depends on some
 # sections (see ``Config.section_values``), "runtime" settings never change results.
@@ -55,6 +71,13 @@ def _between(low: float, high: float, *, open_interval: bool = False) -> Rule:
 def _one_of(*choices: Any) -> Rule:
     return f"one of {list(choices)}", lambda v: v in choices
 
+
+# The values of the ``imbalance`` setting; see :mod:`.imbalance`.
+IMBALANCE_METHODS = ("ce", "cb", "logit_adjusted", "balanced_softmax", "ldam_drw")
+
+# Old switches that are spellings of a setting's value: name -> (setting, value of True,
+# value of False). They are accepted wherever a setting is (keyword, flag, ``--set``).
+ALIASES: dict[str, tuple[str, str, str]] = {"class_balanced": ("imbalance", "cb", "ce")}
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -117,9 +140,12 @@ class Config:
         None, "state_dict of a 1-channel ResNet to start from", "backbone"
     )
     feature_stage: int = setting(2, "the stage attended and regularised", "model", _one_of(2, 3, 4))
-    # MaskGuidedAttention's arguments (mode, residual, teacher_forcing, initial_attention).
+    # MaskGuidedAttention's arguments (mode, residual, threshold, teacher_forcing, initial_attention).
     attention_mode: str = setting("hard", "attention gate: 'soft' or 'hard'", "model", _one_of("soft", "hard"))  # fmt: skip
     attention_residual: bool = setting(False, "gate f * (1 + a) instead of f * a", "model")
+    attention_threshold: float = setting(
+        0.3, "hard gate: open where a >= this", "model", _between(0.0, 1.0, open_interval=True)
+    )
     teacher_forcing: float = setting(
         0.5, "probability of gating a training image by its mask", "model", _between(0.0, 1.0)
     )
@@ -129,7 +155,12 @@ class Config:
 
     # Ablation switches (all on: the paper's full method).
     pretrain: bool = setting(True, "SimCLR pre-training", "pretrain")
-    class_balanced: bool = setting(True, "class-balanced loss instead of cross-entropy", "finetune")
+    imbalance: str = setting(
+        "cb",
+        "loss against the class imbalance (see imbalance.py; --no-class-balanced: 'ce')",
+        "finetune",
+        _one_of(*IMBALANCE_METHODS),
+    )
     attention: bool = setting(True, "mask-guided attention and guidance loss", "finetune")
     regularizer: bool = setting(True, "contrastive feature regulariser", "finetune")
 
@@ -152,6 +183,24 @@ class Config:
     )
     cb_loss_type: str = setting(
         "softmax", "class-balanced loss form", "finetune", _one_of("softmax", "sigmoid", "focal")
+    )
+    logit_adjust_tau: float = setting(
+        1.0,
+        "tau of the logit-adjusted loss (imbalance 'logit_adjusted')",
+        "finetune",
+        _at_least(0.0),
+    )
+    ldam_max_margin: float = setting(
+        1.0,
+        "LDAM margin of the rarest class, in logits (imbalance 'ldam_drw')",
+        "finetune",
+        _at_least(0.0),
+    )
+    drw_epoch: int | None = setting(
+        None,
+        "first re-weighted epoch of LDAM-DRW, from 0 (none: round(0.8 * epochs))",
+        "finetune",
+        _at_least(0),
     )
     guidance_kind: str = setting("bce", "mask-guidance loss", "finetune", _one_of("bce", "mse", "dice"))  # fmt: skip
     guidance_weight: float = setting(10.0, "lambda_g, weight of the guidance loss", "finetune", _at_least(0.0))  # fmt: skip
@@ -216,9 +265,18 @@ class Config:
         """The ``smoke`` preset (see :data:`PRESETS`) with ``overrides``."""
         return preset("smoke", **overrides)
 
+    @property
+    def class_balanced(self) -> bool:
+        """Whether the loss is the class-balanced one (the old switch; see ``imbalance``)."""
+        return self.imbalance == "cb"
+
+    def drw_start(self) -> int:
+        """The first re-weighted epoch of LDAM-DRW (0-based)."""
+        return round(0.8 * self.epochs) if self.drw_epoch is None else self.drw_epoch
+
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (checked like a new config)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (checked like a new config; aliases allowed)."""
+        return dataclasses.replace(self, **resolve_aliases(changes))
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``build_datasets`` besides source, image size and seed."""
@@ -308,6 +366,30 @@ PRESETS["covid_cxr"] = {
 }
 
 
+def resolve_aliases(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with every alias of :data:`ALIASES` replaced by the setting it spells.
+
+    Raises:
+        TypeError: when an alias is not a bool.
+        ValueError: when an alias and its setting are both given and disagree.
+    """
+    resolved = dict(changes)
+    for alias, (name, on, off) in ALIASES.items():
+        if alias not in resolved:
+            continue
+        value = resolved.pop(alias)
+        if not isinstance(value, bool):
+            raise TypeError(f"setting {alias!r} must be bool, got {value!r}")
+        implied = on if value else off
+        if name in resolved and resolved[name] != implied:
+            raise ValueError(
+                f"{alias}={value} means {name}={implied!r}, but {name}={resolved[name]!r} was"
+                f" also given; give only {name!r}"
+            )
+        resolved[name] = implied
+    return resolved
+
+
 def preset(name: str, **changes: Any) -> Config:
     """The preset ``name`` of :data:`PRESETS` with ``changes`` (field names as keywords).
 
@@ -317,6 +399,7 @@ def preset(name: str, **changes: Any) -> Config:
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    changes = resolve_aliases(changes)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(changes) - known)
     if unknown:
@@ -336,7 +419,7 @@ def parse_value(name: str, text: str) -> Any:
     Raises:
         ValueError: on an unknown setting or a value that does not parse, naming the setting.
     """
-    hints = typing.get_type_hints(Config)
+    hints = {**typing.get_type_hints(Config), **{alias: bool for alias in ALIASES}}
     if name not in hints:
         close = difflib.get_close_matches(name, hints, n=3)
         hint = f"; did you mean {close}?" if close else f"; the settings are {sorted(hints)}"

@@ -1,4 +1,4 @@
-"""Stage 3: evaluation as a computer-aided diagnosis system.
+r"""Stage 3: evaluation as a computer-aided diagnosis system.
 
 On the test split: per-class precision, recall, F1 and one-vs-rest ROC AUC, macro-F1,
 balanced accuracy and the confusion matrix (scikit-learn), against the majority-class
@@ -13,6 +13,16 @@ device and lung masks (:mod:`.covid_cxr`), the mass on devices and outside the l
 the shortcut audit. Each comes with the uniform map's value (the region's area),
 the reference a map must beat (:func:`localisation_summary`, the ``localisation``
 entry of the metrics; ``lesion_attention`` keeps the lesion masses alone).
+
+Uncertainty and the decision rule: each class's recall and precision come with a 95 %
+Wilson score interval (:func:`wilson_interval`; exact enough for the few images of a
+rare class, where the normal approximation gives intervals outside [0, 1]); the
+confusion matrix is also given normalised per true class. The *operating point*
+(:func:`operating_point`) shows what the post-hoc logit adjustment of Menon et al.
+(:func:`~contrast_attn.functional.post_hoc_logit_adjustment`: predict
+:math:`\arg\max_c x_c - \tau \log \pi_c` with the training prior :math:`\pi`) would
+change, at :math:`\tau = 1` and at the :math:`\tau` of :data:`TAU_GRID` with the best
+balanced accuracy on the validation split.
 """
 
 from __future__ import annotations
@@ -32,19 +42,25 @@ from sklearn.metrics import (
 )
 from torch.utils.data import Dataset
 
-from contrast_attn.functional import class_activation_map
+from contrast_attn.functional import class_activation_map, post_hoc_logit_adjustment
 
 from .localisation import localisation_metrics, summarise
 from .model import DeepPneumoniaNet
 from .training import Runtime, make_loader
 
 __all__ = [
+    "TAU_GRID",
     "Predictions",
+    "class_intervals",
     "classification_metrics",
+    "decision_summary",
     "evaluate",
     "lesion_maps",
     "localisation_summary",
+    "normalised_confusion",
+    "operating_point",
     "predict",
+    "wilson_interval",
 ]
 
 # The maps the evaluation localises, and the metrics of each (see :mod:`.localisation`).
@@ -58,6 +74,8 @@ UNIFORM = {
     "device_mass": "device_area",
     "outside_lung_mass": "outside_lung_area",
 }
+# The adjustment strengths tried on the validation split by :func:`operating_point`.
+TAU_GRID = tuple(0.25 * i for i in range(13))
 
 
 @dataclass
@@ -194,6 +212,8 @@ def classification_metrics(
     y, p = pred.labels, pred.predicted
     present = sorted({int(c) for c in y})
     per_class = _per_class(pred, class_names, present)
+    for name, extra in class_intervals(y, p, class_names).items():
+        per_class[name].update(extra)
     aucs = [v["roc_auc"] for v in per_class.values() if v["roc_auc"] is not None]
     majority, minority = int(np.argmax(train_counts)), int(np.argmin(train_counts))
     classes = list(range(len(class_names)))
@@ -207,6 +227,7 @@ def classification_metrics(
         "accuracy": float((y == p).mean()),
         "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
         "confusion_matrix": confusion_matrix(y, p, labels=classes).tolist(),
+        "confusion_matrix_normalised": normalised_confusion(confusion_matrix(y, p, labels=classes)),
         "minority_class": class_names[minority],
         "minority_recall": per_class[class_names[minority]]["recall"],
         "classes_without_test_images": [class_names[c] for c in classes if c not in present],
@@ -223,18 +244,151 @@ def classification_metrics(
     }
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float] | None:
+    r"""The Wilson score interval of a proportion (95 % for ``z = 1.96``); ``None`` for 0 trials.
+
+    .. math::
+        \frac{\hat p + \frac{z^2}{2n} \pm z \sqrt{\frac{\hat p (1 - \hat p)}{n}
+        + \frac{z^2}{4n^2}}}{1 + \frac{z^2}{n}}, \qquad \hat p = k / n .
+
+    Examples:
+        >>> [round(v, 3) for v in wilson_interval(0, 2)]
+        [0.0, 0.658]
+        >>> wilson_interval(0, 0) is None
+        True
+    """
+    if trials == 0:
+        return None
+    rate, z2 = successes / trials, z * z
+    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials**2)) / (1 + z2 / trials)
+    # Exactly 0 and 1 at the ends (the formula's bounds there, up to rounding).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
+
+
+def class_intervals(
+    labels: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per class: true positives, images predicted as it, and Wilson intervals of recall
+    (``true_positives`` of ``support``) and precision (of ``predicted``); ``None`` where
+    the denominator is 0 (no test images of the class, or the class never predicted)."""
+    rows = {}
+    for c, name in enumerate(class_names):
+        hits = int(((labels == c) & (predicted == c)).sum())
+        support, chosen = int((labels == c).sum()), int((predicted == c).sum())
+        recall, precision = wilson_interval(hits, support), wilson_interval(hits, chosen)
+        rows[name] = {
+            "true_positives": hits,
+            "predicted": chosen,
+            "recall_ci95": None if recall is None else list(recall),
+            "precision_ci95": None if precision is None else list(precision),
+        }
+    return rows
+
+
+def normalised_confusion(matrix: np.ndarray) -> list[list[float] | None]:
+    """Each row of a confusion matrix divided by its true class's images (``None``: no images)."""
+    rows: list[list[float] | None] = []
+    for row in np.asarray(matrix):
+        total = int(row.sum())
+        rows.append(None if total == 0 else [float(v) / total for v in row])
+    return rows
+
+
+def decision_summary(
+    labels: np.ndarray, predicted: np.ndarray, class_names: list[str], minority: int
+) -> dict[str, Any]:
+    """Recall per class (``None``: no images), balanced accuracy, macro-F1, minority recall,
+    and the share of the most predicted class (near 1: the rule calls almost every image
+    the same)."""
+    present = sorted({int(c) for c in labels})
+    recall = {
+        name: float((predicted[labels == c] == c).mean()) if c in present else None
+        for c, name in enumerate(class_names)
+    }
+    return {
+        "recall": recall,
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "macro_f1": float(
+            f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
+        ),
+        "minority_recall": recall[class_names[minority]],
+        "dominant_share": float(
+            np.bincount(predicted, minlength=len(class_names)).max() / max(len(predicted), 1)
+        ),
+    }
+
+
+def _adjusted(pred: Predictions, train_counts: list[int], tau: float) -> np.ndarray:
+    """The post-hoc adjusted decisions of ``pred`` (log-probabilities serve as logits)."""
+    logits = torch.from_numpy(np.log(np.clip(pred.probs, 1e-300, None)))
+    corrected = post_hoc_logit_adjustment(logits, train_counts, tau=tau, zero_count="as_one")
+    decisions: np.ndarray = corrected.argmax(dim=1).numpy()
+    return decisions
+
+
+def operating_point(
+    pred: Predictions,
+    class_names: list[str],
+    train_counts: list[int],
+    tune: Predictions | None = None,
+) -> dict[str, Any]:
+    r"""What the post-hoc logit adjustment would change on ``pred``.
+
+    Returns the decision summary (:func:`decision_summary`) of the plain arg-max, of the
+    adjustment at :math:`\tau = 1`, and, when validation predictions ``tune`` are given,
+    at the :math:`\tau` of :data:`TAU_GRID` with the best balanced accuracy on them
+    (ties: the :math:`\tau` nearest 1).
+    """
+    minority = int(np.argmin(train_counts))
+    result: dict[str, Any] = {
+        "rule": "argmax_c logit_c - tau * log(prior_c), prior = training class frequencies",
+        "argmax": decision_summary(pred.labels, pred.predicted, class_names, minority),
+        "tau_1": {
+            "tau": 1.0,
+            **decision_summary(
+                pred.labels, _adjusted(pred, train_counts, 1.0), class_names, minority
+            ),
+        },
+    }
+    if tune is not None:
+        scores = [
+            (
+                float(balanced_accuracy_score(tune.labels, _adjusted(tune, train_counts, tau))),
+                -abs(tau - 1),
+                tau,
+            )
+            for tau in TAU_GRID
+        ]
+        best = max(scores)
+        result["tau_validation"] = {
+            "tau": best[2],
+            "validation_balanced_accuracy": best[0],
+            **decision_summary(
+                pred.labels, _adjusted(pred, train_counts, best[2]), class_names, minority
+            ),
+        }
+    return result
+
+
 def evaluate(
     net: DeepPneumoniaNet,
     dataset: Dataset[Any],
     train_counts: list[int],
     rt: Runtime,
     batch_size: int,
+    tune: Dataset[Any] | None = None,
 ) -> dict[str, Any]:
-    """The metrics of ``net`` on ``dataset`` (see :func:`classification_metrics`)."""
+    """The metrics of ``net`` on ``dataset`` (see :func:`classification_metrics`) and its
+    operating point (:func:`operating_point`, the adjustment strength tuned on ``tune``)."""
     class_names: list[str] = list(dataset.class_names)  # type: ignore[attr-defined]
     pred = predict(net, dataset, rt, batch_size)
     metrics = classification_metrics(pred, class_names, train_counts)
     metrics["localisation"] = localisation_summary(pred)
+    tuned = None if tune is None else predict(net, tune, rt, batch_size)
+    metrics["operating_point"] = operating_point(pred, class_names, train_counts, tuned)
     return metrics
 
 

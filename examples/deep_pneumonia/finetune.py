@@ -5,8 +5,9 @@ The objective of one batch is
 .. math::
     L = L_{cls} + \\lambda_g \\, L_{guide} + \\lambda_r \\, L_{reg}
 
-- :math:`L_{cls}`: :class:`~contrast_attn.ClassBalancedLoss` with the training set's
-  class counts (``class_balanced``), or plain cross-entropy;
+- :math:`L_{cls}`: the loss against the class imbalance chosen by ``imbalance``
+  (:mod:`.imbalance`) with the training set's class counts: by default
+  :class:`~contrast_attn.ClassBalancedLoss`;
 - :math:`L_{guide}`: :class:`~contrast_attn.MaskGuidanceLoss` between the attention
   map of :class:`~contrast_attn.MaskGuidedAttention` and the lesion mask, on images
   whose mask is annotated (``attention``);
@@ -31,7 +32,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from contrast_attn import (
-    ClassBalancedLoss,
     ContrastiveFeatureRegularizer,
     MaskGuidanceLoss,
     MaskGuidedAttention,
@@ -42,6 +42,7 @@ from .checkpoint import Checkpointer, run_record
 from .config import Config
 from .data import DataSplits
 from .evaluate import classification_metrics, predict
+from .imbalance import ImbalanceLoss
 from .model import Backbone, DeepPneumoniaNet
 from .pretrain import build_backbone
 from .training import Runtime
@@ -71,6 +72,7 @@ def build_net(cfg: Config, backbone: Backbone, num_classes: int) -> DeepPneumoni
             backbone.channels[cfg.feature_stage - 1],
             mode=cfg.attention_mode,
             residual=cfg.attention_residual,
+            threshold=cfg.attention_threshold,
             teacher_forcing=cfg.teacher_forcing,
             initial_attention=cfg.initial_attention,
         )
@@ -93,22 +95,13 @@ class FinetuneObjective(nn.Module):
     Args:
         cfg: the configuration (switches, weights, temperatures).
         net: the classifier.
-        class_counts: training images per class (for the class-balanced loss).
+        class_counts: training images per class (for the imbalance loss).
     """
 
     def __init__(self, cfg: Config, net: DeepPneumoniaNet, class_counts: list[int]) -> None:
         super().__init__()
         self.net = net
-        self.classification: nn.Module = (
-            ClassBalancedLoss(
-                torch.tensor(class_counts),
-                beta=cfg.cb_beta,
-                loss_type=cfg.cb_loss_type,
-                zero_count="as_one",
-            )
-            if cfg.class_balanced
-            else nn.CrossEntropyLoss()
-        )
+        self.classification = ImbalanceLoss(cfg, class_counts)
         self.guidance = (
             MaskGuidanceLoss(cfg.guidance_kind, from_logits=True) if cfg.attention else None
         )
@@ -191,6 +184,7 @@ def finetune(
     scheduler = training.cosine_schedule(optimizer, cfg.epochs, start)
     for epoch in range(start, cfg.epochs):
         training.begin_epoch(cfg, rt, loader, "finetune", epoch, start)
+        objective.classification.set_epoch(epoch)
         record = {"epoch": float(epoch + 1), "train_lr": optimizer.param_groups[0]["lr"]}
         bar = training.progress(loader, f"fine-tune {epoch + 1}/{cfg.epochs}", cfg, rt)
         record.update(_train_epoch(model, bar, optimizer, scaler, rt))

@@ -19,7 +19,12 @@ from .training import Runtime
 # Files only, no display: also on headless machines and in worker processes.
 matplotlib.use("Agg")
 
-__all__ = ["attention_overlays", "confusion_matrix_plot", "training_curves"]
+__all__ = [
+    "attention_overlays",
+    "confusion_matrix_plot",
+    "normalised_confusion_plot",
+    "training_curves",
+]
 
 
 def training_curves(history: dict[str, list[dict[str, float]]], path: Path) -> None:
@@ -75,6 +80,29 @@ def confusion_matrix_plot(matrix: list[list[int]], class_names: list[str], path:
             color="white" if value > threshold else "black",
         )
     ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def normalised_confusion_plot(
+    rows: list[list[float] | None], class_names: list[str], path: Path
+) -> None:
+    """The confusion matrix normalised per true class (each row sums to 1; blank: no images)."""
+    values = np.array([[np.nan] * len(class_names) if r is None else r for r in rows])
+    fig, ax = plt.subplots(figsize=(1.3 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax.imshow(np.nan_to_num(values), cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=30, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(values):
+        text = "no images" if np.isnan(value) else f"{value:.2f}"
+        if np.isnan(value) and j:
+            continue
+        ax.text(j, i, text, ha="center", va="center", color="white" if value > 0.5 else "black")
+    ax.set_title("test confusion matrix, fraction of each true class")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,4 +1,9 @@
-"""A short ``report.md`` summarising a run: setup, metrics, baseline, lesion attention, figures."""
+"""A short ``report.md`` summarising a run: setup, metrics, baseline, lesion attention, figures.
+
+Recalls and precisions are shown with their counts and 95 % Wilson intervals; a recall
+of 0 says where the class's images went, and a class without test images or never
+predicted says so instead of showing a number.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +35,90 @@ def _absent_note(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
+def _interval(value: list[float] | None) -> str:
+    return "" if value is None else f" [{value[0]:.2f}, {value[1]:.2f}]"
+
+
+def _class_cells(row: dict[str, Any]) -> tuple[str, str]:
+    """The precision and recall cells of a class: value, counts, interval, or why none."""
+    hits = row["true_positives"]
+    recall = (
+        "no test images"
+        if row["recall"] is None
+        else f"{row['recall']:.3f} ({hits}/{row['support']}){_interval(row['recall_ci95'])}"
+    )
+    precision = (
+        "never predicted"
+        if row["predicted"] == 0
+        else f"{row['precision']:.3f} ({hits}/{row['predicted']}){_interval(row['precision_ci95'])}"
+    )
+    return precision, recall
+
+
+def _missed_notes(metrics: dict[str, Any]) -> list[str]:
+    """For every class of recall 0: how many images it had and what they were called."""
+    names, lines = metrics["class_names"], []
+    for c, name in enumerate(names):
+        row = metrics["per_class"][name]
+        if row["recall"] != 0.0:
+            continue
+        called = metrics["confusion_matrix"][c]
+        where = ", ".join(f"{names[j]} for {n}" for j, n in enumerate(called) if n > 0)
+        lines.append(
+            f"- recall 0 for {name}: 0 of {row['support']} {name} test images found;"
+            f" the model predicts {where} of them."
+        )
+    return [*lines, ""] if lines else []
+
+
+def _operating_point(metrics: dict[str, Any], imbalance: str) -> list[str]:
+    """The table of what the post-hoc logit adjustment would change."""
+    point = metrics.get("operating_point")
+    if point is None:
+        return []
+    columns = [("arg-max (as trained)", point["argmax"]), ("adjusted, tau = 1", point["tau_1"])]
+    tuned = point.get("tau_validation")
+    if tuned is not None:
+        columns.append((f"adjusted, tau = {tuned['tau']:g} (best on validation)", tuned))
+    rows = [
+        *(
+            (f"recall {name}", [_recall(col["recall"][name]) for _, col in columns])
+            for name in metrics["class_names"]
+        ),
+        ("balanced accuracy", [_fmt(col["balanced_accuracy"]) for _, col in columns]),
+        ("macro-F1", [_fmt(col["macro_f1"]) for _, col in columns]),
+    ]
+    return [
+        "## Operating point",
+        "",
+        "What the post-hoc logit adjustment (Menon et al.; predict"
+        " arg max_c logit_c - tau log prior_c with the training class frequencies, no"
+        " retraining) would change on the test images:",
+        "",
+        *(
+            []
+            if imbalance == "ce"
+            else [
+                f"The correction is made for a model trained with plain cross-entropy; this"
+                f" run's loss ({imbalance!r}) already corrects for the imbalance, so tau = 1"
+                " counts the prior twice.",
+                "",
+            ]
+        ),
+        "| | " + " | ".join(name for name, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *(f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows),
+        "",
+    ]
+
+
 def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
     """Write the Markdown report of a finished run to ``path``."""
     switches = ", ".join(
         f"{name} {'on' if getattr(cfg, name) else 'off'}"
-        for name in ("pretrain", "class_balanced", "attention", "regularizer")
+        for name in ("pretrain", "attention", "regularizer")
     )
+    switches += f"; imbalance loss {cfg.imbalance!r}"
     baseline = metrics["majority_baseline"]
     lesion = metrics["lesion_attention"]
     lines = [
@@ -55,20 +138,26 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
         f"| balanced accuracy | {_fmt(metrics['balanced_accuracy'])}"
         f" | {_fmt(baseline['balanced_accuracy'])} |",
         f"| recall of the rarest class ({metrics['minority_class']})"
-        f" | {_recall(metrics['minority_recall'])} | {_recall(baseline['minority_recall'])} |",
+        f" | {_class_cells(metrics['per_class'][metrics['minority_class']])[1]}"
+        f" | {_recall(baseline['minority_recall'])} |",
         f"| macro one-vs-rest ROC AUC | {_fmt(metrics['macro_roc_auc'])} | 0.500 |",
         "",
         *_absent_note(metrics),
+        "Per class, with counts and 95 % Wilson intervals:",
+        "",
         "| class | precision | recall | F1 | ROC AUC | support |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in metrics["per_class"].items():
+        precision, recall = _class_cells(row)
         lines.append(
-            f"| {name} | {_fmt(row['precision'])} | {_recall(row['recall'])} | {_fmt(row['f1'])}"
+            f"| {name} | {precision} | {recall} | {_fmt(row['f1'])}"
             f" | {_fmt(row['roc_auc'])} | {row['support']} |"
         )
     lines += [
         "",
+        *_missed_notes(metrics),
+        *_operating_point(metrics, cfg.imbalance),
         "## Where the model looks",
         "",
         f"Over {lesion['num_images']} test images with an annotated lesion, the fraction of the"
@@ -82,6 +171,8 @@ def write_report(cfg: Config, metrics: dict[str, Any], path: Path) -> None:
         "![training curves](plots/curves.png)",
         "",
         "![confusion matrix](plots/confusion_matrix.png)",
+        "",
+        "![confusion matrix, normalised per true class](plots/confusion_matrix_normalised.png)",
         "",
         "![attention overlays](plots/attention.png)",
         "",

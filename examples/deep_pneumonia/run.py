@@ -13,10 +13,11 @@ to ``runs/deep_pneumonia``::
 
 Outputs: ``config.json``, ``checkpoints/`` (written atomically after every epoch;
 ``--resume`` continues exactly), ``metrics.json``, ``plots/curves.png``,
-``plots/confusion_matrix.png``, ``plots/attention.png`` (the attention map, or the CAM
-without attention; ``plots/cam.png`` too with attention) and ``report.md``. With
-``--folds K`` each fold writes these into ``fold_<k>/`` and ``metrics.json`` and
-``report.md`` of the run folder hold the mean ± std over folds (:mod:`.crossval`).
+``plots/confusion_matrix.png``, ``plots/confusion_matrix_normalised.png``,
+``plots/attention.png`` (the attention map, or the CAM without attention;
+``plots/cam.png`` too with attention) and ``report.md``. With ``--folds K`` each fold
+writes these into ``fold_<k>/`` and ``metrics.json`` and ``report.md`` of the run
+folder hold the mean ± std over folds (:mod:`.crossval`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from examples.deep_pneumonia import finetune as finetune_stage
 from examples.deep_pneumonia import pretrain as pretrain_stage
 from examples.deep_pneumonia.checkpoint import RunMismatch, remove_stale_temporaries
 from examples.deep_pneumonia.config import (
+    ALIASES,
     PRESETS,
     SECTIONS,
     Config,
@@ -52,6 +54,7 @@ from examples.deep_pneumonia.model import Backbone, DeepPneumoniaNet
 from examples.deep_pneumonia.plots import (
     attention_overlays,
     confusion_matrix_plot,
+    normalised_confusion_plot,
     training_curves,
 )
 from examples.deep_pneumonia.pretrain import load_pretrained, pretrain
@@ -104,7 +107,12 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
         metrics = None
         if stage in ("all", "evaluate") and rt.is_main:
             metrics = evaluate(
-                net.to(rt.device), splits.test, splits.train.class_counts(), rt, cfg.batch_size
+                net.to(rt.device),
+                splits.test,
+                splits.train.class_counts(),
+                rt,
+                cfg.batch_size,
+                tune=splits.val,
             )
             curves = {"pretrain": pretrain_history, "finetune": history}
             _write_outputs(cfg, metrics, net, splits, curves, rt, out)
@@ -171,6 +179,11 @@ def _write_outputs(
     confusion_matrix_plot(
         metrics["confusion_matrix"], splits.class_names, plots / "confusion_matrix.png"
     )
+    normalised_confusion_plot(
+        metrics["confusion_matrix_normalised"],
+        splits.class_names,
+        plots / "confusion_matrix_normalised.png",
+    )
     attention_overlays(net, splits.test, rt, plots / "attention.png")
     if net.attention is not None:
         attention_overlays(net, splits.test, rt, plots / "cam.png", kind="cam")
@@ -216,7 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)  # fmt: skip
         else:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=text)  # fmt: skip
+    _add_alias_flags(parser, groups)
     return parser
+
+
+def _add_alias_flags(
+    parser: argparse.ArgumentParser, groups: dict[str, argparse._ArgumentGroup]
+) -> None:
+    """``--NAME``/``--no-NAME`` for each alias of :data:`ALIASES` (a setting's two values)."""
+    sections = {f.name: f.metadata["section"] for f in dataclasses.fields(Config)}
+    for alias, (name, on, off) in ALIASES.items():
+        text = f"--{name.replace('_', '-')} {on} (--no-...: {off})"
+        flag = "--" + alias.replace("_", "-")
+        groups[sections[name]].add_argument(flag, dest=alias, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -226,10 +251,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ValueError, TypeError: naming the setting, on an unknown, unparsable or invalid one.
     """
     changes: dict[str, Any] = dict(parse_assignment(item) for item in args.set)
-    for f in dataclasses.fields(Config):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            changes[f.name] = parse_value(f.name, value) if isinstance(value, str) else value
+    for name in [f.name for f in dataclasses.fields(Config)] + list(ALIASES):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            changes[name] = parse_value(name, value) if isinstance(value, str) else value
     name = args.preset or SOURCE_PRESETS.get(changes.get("data"), "quick")
     if args.data_option:
         options = dict(changes.get("data_options", PRESETS[name].get("data_options", {})))
