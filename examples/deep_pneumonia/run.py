@@ -48,7 +48,7 @@ from examples.deep_pneumonia.plots import (
     confusion_matrix_plot,
     training_curves,
 )
-from examples.deep_pneumonia.pretrain import load_pretrained, pretrain
+from examples.deep_pneumonia.pretrain import load_pretrained, pretrain, pretrain_summary
 from examples.deep_pneumonia.report import write_report
 from examples.deep_pneumonia.training import (
     Runtime,
@@ -94,6 +94,7 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
             metrics = evaluate(
                 net.to(rt.device), splits.test, splits.train.class_counts(), rt, cfg.batch_size
             )
+            metrics["pretrain_probe"] = pretrain_summary(cfg, pretrain_history)
             curves = {"pretrain": pretrain_history, "finetune": history}
             _write_outputs(cfg, metrics, net, splits, curves, rt, out)
         rt.barrier()
