@@ -25,18 +25,40 @@ Prints a Markdown table::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from examples.deep_pneumonia import run
 from examples.deep_pneumonia.config import Config, parse_assignment, preset
+from examples.deep_pneumonia.data import DataSplits
 from examples.deep_pneumonia.pretrain import CHECKPOINT
 from examples.deep_pneumonia.run import run_pipeline
+
+
+def _built_once(build: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
+    """``build`` remembering its last result: the variants of a seed read the same data,
+    so each seed's phantom is rendered once, not once per variant."""
+    last: dict[str, DataSplits] = {}
+
+    def cached(source: str, **options: Any) -> DataSplits:
+        key = json.dumps([source, options], sort_keys=True, default=str)
+        if key not in last:
+            last.clear()
+            last[key] = build(source, **options)
+        return last[key]
+
+    return cached
+
+
+run.build_datasets = _built_once(run.build_datasets)
 
 HANNOVER = Path(__file__).resolve().parents[2] / "shared" / "data" / "hannover-covid-cxr"
 
