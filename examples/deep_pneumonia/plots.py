@@ -25,7 +25,11 @@ __all__ = ["attention_overlays", "confusion_matrix_plot", "training_curves"]
 def training_curves(history: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Losses of each stage and the validation metrics, per epoch."""
     panels = [
-        ("pre-training (NT-Xent; kNN probe, right)", history.get("pretrain", []), ["pretrain_loss"]),
+        (
+            "pre-training (NT-Xent; kNN probe, right)",
+            history.get("pretrain", []),
+            ["pretrain_loss"],
+        ),
         (
             "fine-tuning losses",
             history.get("finetune", []),
