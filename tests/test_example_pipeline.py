@@ -226,6 +226,45 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
 
+    assert (
+        load(tmp_path / "full/checkpoints/pretrain.pt")["history"]
+        == load(interrupted / "checkpoints/pretrain.pt")["history"]
+    )
+
+
+def test_pretraining_warms_up_per_batch_and_logs_its_probe(tmp_path: Path) -> None:
+    cfg = tiny(pretrain_epochs=2, pretrain_warmup_epochs=1, epochs=1)
+    metrics = run_pipeline(cfg, tmp_path)
+    assert metrics is not None
+    history = load(tmp_path / "checkpoints/pretrain.pt")["history"]
+    # 42 training images in batches of 8: 5 steps per epoch; the warm-up's first step
+    # trains at 1/5 of the rate, the second epoch starts the cosine at the full rate.
+    assert history[0]["pretrain_lr"] == pytest.approx(cfg.pretrain_lr / 5)
+    assert history[1]["pretrain_lr"] == pytest.approx(cfg.pretrain_lr)
+    assert "probe_knn_macro_f1_init" in history[0] and "probe_knn_macro_f1_init" not in history[1]
+    for record in history:
+        assert 0.0 <= record["probe_knn_macro_f1"] <= 1.0
+        assert 0.0 <= record["probe_knn_accuracy"] <= 1.0
+    written = json.loads((tmp_path / "metrics.json").read_text())["pretrain_probe"]
+    assert written["nt_xent"]["chance"] == pytest.approx(math.log(2 * 8 - 1))
+    assert written["nt_xent"]["last_epoch"] == history[-1]["pretrain_loss"]
+    assert written["knn_macro_f1"] == {
+        "random_init": history[0]["probe_knn_macro_f1_init"],
+        "first_epoch": history[0]["probe_knn_macro_f1"],
+        "last_epoch": history[1]["probe_knn_macro_f1"],
+    }
+    report = (tmp_path / "report.md").read_text()
+    assert "## Pre-training" in report and "below chance" in report
+    # Two epochs on 42 images cannot move the features: the report says so and how.
+    assert "too short to help" in report and "--pretrain-epochs 40" in report
+
+
+def test_pretraining_probe_can_be_switched_off(tmp_path: Path) -> None:
+    cfg = tiny(pretrain_probe_images=0)
+    assert run_pipeline(cfg, tmp_path, stage="pretrain") is None
+    history = load(tmp_path / "checkpoints/pretrain.pt")["history"]
+    assert not any(key.startswith("probe_") for key in history[0])
+
 
 @pytest.mark.distributed
 @pytest.mark.xdist_group("distributed")

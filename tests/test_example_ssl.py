@@ -221,6 +221,31 @@ def test_scheduler_follows_the_factor_and_resumes() -> None:
     assert second.param_groups[0]["lr"] == pytest.approx(seen[8])
 
 
+def test_scheduler_replayed_to_a_step_has_the_uninterrupted_rates() -> None:
+    # A stage resumed at step 7 rebuilds its scheduler on the loaded optimiser.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = warmup_cosine_scheduler(optimizer, 20, 4, final_scale=0.05)
+    seen = []
+    for _ in range(20):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    resumed = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    warmup_cosine_scheduler(resumed, 20, 4, final_scale=0.05)
+    saved = resumed.state_dict()  # what a checkpoint holds: lr and initial_lr of the group
+    again = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=123.0)
+    again.load_state_dict(saved)
+    replayed = warmup_cosine_scheduler(again, 20, 4, final_scale=0.05, start=7)
+    rest = []
+    for _ in range(13):
+        rest.append(again.param_groups[0]["lr"])
+        again.step()
+        replayed.step()
+    assert rest == seen[7:]
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        warmup_cosine_scheduler(again, 20, 4, start=-1)
+
+
 # ---------------------------------------------------------------- augmentation
 
 

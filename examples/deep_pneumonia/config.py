@@ -168,6 +168,15 @@ class Config:
     pretrain_epochs: int = setting(3, "pre-training epochs", "pretrain", _at_least(0))
     pretrain_batch_size: int = setting(64, "pre-training batch (global)", "pretrain", _at_least(2))
     pretrain_lr: float = setting(2e-3, "pre-training learning rate", "pretrain", _at_least(0.0))
+    pretrain_warmup_epochs: int = setting(
+        1, "linear warm-up epochs, then cosine decay (stepped per batch)", "pretrain", _at_least(0)
+    )
+    pretrain_probe_images: int = setting(
+        200,
+        "labelled training and validation images of the per-epoch kNN probe (0: off)",
+        "pretrain",
+        _at_least(0),
+    )
     nt_xent_temperature: float = setting(0.5, "NT-Xent temperature", "pretrain", _at_least(1e-6))
     ssl_dim: int = setting(128, "SimCLR projection dimension", "pretrain", _at_least(1))
 

@@ -71,6 +71,7 @@ def _synthetic(
     class_fractions: Sequence[float] = DEFAULT_CLASS_FRACTIONS,
     shortcut_markers: bool = False,
     marker_correlation: float = 0.9,
+    val_marker_correlation: Optional[float] = None,
     noise: float = 0.03,
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
 ) -> DataSplits:
@@ -87,12 +88,12 @@ def _synthetic(
             marker_correlation=correlation if shortcut_markers else None,
         )
 
-    # Validation is internal (same hospital, same shortcut as training); the test split
-    # is external: its marker is independent of the class.
+    # Validation is internal by default (same hospital, same shortcut as training); the
+    # test split is external: its marker is independent of the class.
     train, val, test = parts
     return DataSplits(
         make(train, marker_correlation),
-        make(val, marker_correlation),
+        make(val, marker_correlation if val_marker_correlation is None else val_marker_correlation),
         make(test, 0.0),
         list(CLASS_NAMES),
     )
@@ -243,7 +244,9 @@ def build_datasets(
             * ``"synthetic"``: ``num_images`` (600), ``class_fractions`` (normal,
               bacterial, viral, covid19; 0.60/0.25/0.10/0.05), ``shortcut_markers``
               (False), ``marker_correlation`` (0.9, in train and val; the test
-              split's marker is independent of the class), ``noise`` (0.03).
+              split's marker is independent of the class), ``val_marker_correlation``
+              (None: as ``marker_correlation``; 0.0 builds validation like the test
+              split), ``noise`` (0.03).
             * ``"hannover"``: ``root`` (the data folder), ``task`` ("icu" or
               "projection"), ``icu_days`` (7). See :mod:`.hannover`.
             * ``"covid-cxr-segmentations"``: ``root`` (the data folder), ``task``

@@ -30,7 +30,11 @@ __all__ = [
 def training_curves(history: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Losses of each stage and the validation metrics, per epoch."""
     panels = [
-        ("pre-training (NT-Xent)", history.get("pretrain", []), ["pretrain_loss"]),
+        (
+            "pre-training (NT-Xent; kNN probe, right)",
+            history.get("pretrain", []),
+            ["pretrain_loss"],
+        ),
         (
             "fine-tuning losses",
             history.get("finetune", []),
@@ -54,9 +58,25 @@ def training_curves(history: dict[str, list[dict[str, float]]], path: Path) -> N
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "stage not run", ha="center", va="center", transform=ax.transAxes)
+    _probe_curve(axes[0], history.get("pretrain", []))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _probe_curve(ax: Any, records: list[dict[str, float]]) -> None:
+    """The pre-training monitor (kNN probe macro-F1, from its random-initialisation value
+    at epoch 0) on a second axis beside the loss."""
+    points = [
+        (0.0, r["probe_knn_macro_f1_init"]) for r in records if "probe_knn_macro_f1_init" in r
+    ]
+    points += [(r["epoch"], r["probe_knn_macro_f1"]) for r in records if "probe_knn_macro_f1" in r]
+    if not points:
+        return
+    probe = ax.twinx()
+    probe.plot(*zip(*points), marker="s", color="tab:green", label="kNN probe macro-F1")
+    probe.set_ylim(0.0, 1.0)
+    probe.legend(fontsize=8, loc="center right")
 
 
 def confusion_matrix_plot(matrix: list[list[int]], class_names: list[str], path: Path) -> None:

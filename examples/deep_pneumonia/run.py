@@ -57,7 +57,7 @@ from examples.deep_pneumonia.plots import (
     normalised_confusion_plot,
     training_curves,
 )
-from examples.deep_pneumonia.pretrain import load_pretrained, pretrain
+from examples.deep_pneumonia.pretrain import load_pretrained, pretrain, pretrain_summary
 from examples.deep_pneumonia.report import write_report
 from examples.deep_pneumonia.training import (
     Runtime,
@@ -114,6 +114,7 @@ def run_pipeline(cfg: Config, out: Path, stage: str = "all") -> dict[str, Any] |
                 cfg.batch_size,
                 tune=splits.val,
             )
+            metrics["pretrain_probe"] = pretrain_summary(cfg, pretrain_history)
             curves = {"pretrain": pretrain_history, "finetune": history}
             _write_outputs(cfg, metrics, net, splits, curves, rt, out)
         rt.barrier()

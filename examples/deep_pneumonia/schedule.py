@@ -9,6 +9,7 @@ al., 2020) are the usual remedy.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -68,13 +69,25 @@ def warmup_cosine_scheduler(
     total_steps: int,
     warmup_steps: int,
     final_scale: float = 0.0,
+    *,
+    start: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` applying :func:`warmup_cosine`; call ``scheduler.step()`` after each batch.
 
-    Its ``state_dict`` holds the step count, so a resumed run continues the schedule.
+    The factor is computed from the step count alone, so a run resumed at step ``start``
+    (the schedule replayed up to it, as a training stage does after loading its
+    optimiser) has exactly the learning rates of the uninterrupted run. A run resumed
+    with a larger ``total_steps`` continues on the schedule of the new total.
+
+    Args:
+        optimizer: its groups' ``initial_lr`` (or, on first use, ``lr``) are the base rates.
+        total_steps: as :func:`warmup_cosine`.
+        warmup_steps: as :func:`warmup_cosine`.
+        final_scale: as :func:`warmup_cosine`.
+        start: optimiser steps already taken.
 
     Raises:
-        ValueError: as :func:`warmup_cosine`.
+        ValueError: as :func:`warmup_cosine`, or when ``start < 0``.
 
     Examples:
         >>> param = torch.nn.Parameter(torch.zeros(1))
@@ -82,8 +95,21 @@ def warmup_cosine_scheduler(
         >>> scheduler = warmup_cosine_scheduler(optimizer, total_steps=4, warmup_steps=2)
         >>> optimizer.param_groups[0]["lr"]
         0.5
+        >>> _ = warmup_cosine_scheduler(optimizer, total_steps=4, warmup_steps=2, start=3)
+        >>> round(optimizer.param_groups[0]["lr"], 3)
+        0.5
     """
     warmup_cosine(0, total_steps, warmup_steps, final_scale)
-    return torch.optim.lr_scheduler.LambdaLR(
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, final_scale)
     )
+    with warnings.catch_warnings():
+        # Replaying the schedule up to ``start`` takes no optimiser steps, by design.
+        warnings.filterwarnings(
+            "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+        )
+        for _ in range(start):
+            scheduler.step()
+    return scheduler
