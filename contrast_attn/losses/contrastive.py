@@ -26,6 +26,8 @@ class NTXentLoss(ConfiguredModule):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather: All-gather across ``torch.distributed`` ranks with gradients.
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+        hard_negative_beta: :math:`\\beta \\ge 0`, hard-negative importance weights.
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`, debiased negatives.
 
     Shape:
         Called as ``loss(z1, z2)`` with two ``[B, D]`` views or ``loss(views)`` with
@@ -54,9 +56,13 @@ class NTXentLoss(ConfiguredModule):
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
+        hard_negative_beta: float = 0.0,
+        debias_tau_plus: float = 0.0,
     ) -> None:
         super().__init__()
-        self.config = NTXentConfig(temperature, reduction, gather, chunk_size)
+        self.config = NTXentConfig(
+            temperature, reduction, gather, chunk_size, hard_negative_beta, debias_tau_plus
+        )
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
         return nt_xent(self.config, z1, z2)
@@ -85,6 +91,8 @@ class SupConLoss(ConfiguredModule):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather: All-gather across ``torch.distributed`` ranks with gradients.
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+        hard_negative_beta: :math:`\\beta \\ge 0`, hard-negative importance weights.
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`, debiased negatives.
 
     Shape:
         ``loss(features, labels=None, mask=None)`` with features ``[B, V, D]`` or
@@ -120,10 +128,20 @@ class SupConLoss(ConfiguredModule):
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
+        hard_negative_beta: float = 0.0,
+        debias_tau_plus: float = 0.0,
     ) -> None:
         super().__init__()
         self.config = SupConConfig(
-            temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
+            temperature,
+            base_temperature,
+            variant,
+            no_positive,
+            reduction,
+            gather,
+            chunk_size,
+            hard_negative_beta,
+            debias_tau_plus,
         )
         self.last_num_anchors_without_positives = None
 
