@@ -353,6 +353,24 @@ def supcon_loss(
     neither labels nor mask the positives are the other views of the same sample
     and the loss equals :func:`nt_xent_loss`.
 
+    Multi-hot labels ``[B, C]`` (co-occurring findings) weight each pair by the
+    overlap of the two label sets, the Jaccard index
+    :math:`w_{ik} = |Y_i \\cap Y_k| / |Y_i \\cup Y_k|` (1 for identical sets, 0 for
+    disjoint ones); the positives are the pairs with :math:`w_{ik} > 0` and
+
+    .. math::
+        \\ell_i^{out} = -\\frac{\\tau}{\\tau_b} \\frac{1}{\\sum_{p} w_{ip}} \\sum_{p \\in P(i)}
+            w_{ip} \\log \\frac{e^{s_{ip}}}{\\sum_{k \\in A(i)} e^{s_{ik}}},
+        \\qquad
+        \\ell_i^{in} = -\\frac{\\tau}{\\tau_b} \\log \\frac{\\sum_{p} w_{ip} e^{s_{ip}}}
+            {\\sum_{p} w_{ip} \\sum_{k \\in A(i)} e^{s_{ik}}} .
+
+    One-hot rows give the integer-label loss. The weighted-positive form is that of
+    Dufumier et al.'s y-aware InfoNCE (weights from a kernel on the labels); the
+    Jaccard weight on label sets is our choice. A row with no label (an empty set,
+    e.g. "no finding") has no positive and falls under ``no_positive``; it is still
+    a negative of every other row.
+
     Anchors without a positive (a class present once with ``V = 1``) are handled by
     ``no_positive``: ``"ignore"`` leaves them out of the mean, ``"zero"`` counts them
     as 0 (the reference code's behaviour), ``"error"`` raises. Their number is never
@@ -361,7 +379,8 @@ def supcon_loss(
 
     Args:
         features: ``[B, V, D]`` (V views) or ``[B, D]`` (one view) embeddings.
-        labels: ``[B]`` integer class labels, or ``None``.
+        labels: ``[B]`` integer class labels, ``[B, C]`` multi-hot label sets (0/1,
+            any real dtype; see below), or ``None``.
         mask: ``[B, B]`` explicit positive relation (bool or 0/1); exclusive with
             ``labels``. The diagonal is expanded to the other views of a sample.
         temperature: :math:`\\tau > 0`: a number, or a one-element tensor (e.g. a
@@ -397,6 +416,8 @@ def supcon_loss(
 
     References:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020 (arXiv:2004.11362).
+        Dufumier et al., "Contrastive Learning with Continuous Proxy Meta-Data for 3D
+        MRI Classification", MICCAI 2021 (weighted positives).
 
     Examples:
         >>> import torch
@@ -446,6 +467,8 @@ def supcon(
         mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]", checks)
         mask = mask.to(views.device)
     checks.values(features, "features")
+    if labels is not None and labels.ndim == 2:
+        checks.binary(labels, "labels")
     if mask is not None and ref_features is not None:
         raise ValueError("ref_features are not available with an explicit mask; pass labels")
     refs = _check_refs(ref_features, ref_labels, features, labels, checks)
@@ -495,7 +518,7 @@ def _supcon_views(
     if labels is not None and mask is not None:
         raise ValueError("pass either labels or mask to supcon_loss, not both")
     if labels is not None:
-        labels = _checks.check_labels(labels, "labels", batch).to(views.device)
+        labels = _check_labels_or_sets(labels, "labels", batch).to(views.device)
     if mask is not None:
         mask = _checks.check_tensor(mask, "mask")
         if tuple(mask.shape) != (batch, batch):
@@ -549,14 +572,25 @@ def _check_refs(
             f"ref_labels must hold one label per reference key, got {ref_labels.shape[0]} "
             f"labels for {ref_features.shape[0]} keys"
         )
-    if ref_labels.dtype != labels.dtype and (
-        ref_labels.is_floating_point() or ref_labels.dtype == torch.bool
-    ) != (labels.is_floating_point() or labels.dtype == torch.bool):
-        raise TypeError(
-            f"ref_labels must have the kind of dtype of labels ({labels.dtype}), "
-            f"got {ref_labels.dtype}"
-        )
+    ref_labels = _check_labels_or_sets(ref_labels, "ref_labels", ref_features.shape[0])
+    if ref_labels.ndim == 2:
+        checks.binary(ref_labels, "ref_labels")
     return ref_features, ref_labels.to(labels.device)
+
+
+def _check_labels_or_sets(labels: torch.Tensor, name: str, rows: int) -> torch.Tensor:
+    """Class indices ``[rows]`` (integer) or multi-hot label sets ``[rows, C]`` (any real dtype)."""
+    tensor = _checks.check_tensor(labels, name)
+    if tensor.ndim != 2:
+        return _checks.check_labels(tensor, name, rows)
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be a real tensor of 0/1 label sets, got {tensor.dtype}")
+    if tensor.shape[0] != rows:
+        raise ValueError(
+            f"{name} must have shape [B, C] with B = {rows} (one label set per sample), "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    return tensor
 
 
 def _contrast(
@@ -596,6 +630,9 @@ def _contrast(
             ).reshape(-1)
         if mask is not None:
             positives = Positives(matrix=mask.repeat(num_views, num_views))
+        elif labels is not None and labels.ndim == 2:
+            sets = (gather_no_grad(labels) if gather else labels).to(keys.dtype)
+            positives = Positives(label_sets=sets.repeat(num_views, 1))
         elif labels is not None:
             all_labels = gather_no_grad(labels) if gather else labels
             positives = Positives(key_labels=all_labels.repeat(num_views))
@@ -645,6 +682,10 @@ def _with_refs(
     if anchor_index is None:
         anchor_index = torch.arange(keys.shape[0], device=keys.device)
     ref_keys = F.normalize(ref_features.to(keys.dtype), dim=1)
+    if positives.label_sets is not None:
+        assert ref_labels is not None
+        sets = torch.cat([positives.label_sets, ref_labels.to(keys.dtype)])
+        return torch.cat([keys, ref_keys]), Positives(label_sets=sets), anchor_index
     positives = positives.as_labels(keys.shape[0], keys.device)
     labels = positives.key_labels
     assert labels is not None
