@@ -25,6 +25,7 @@ from contrast_attn import (
     MaskedAveragePool,
     MaskGuidanceLoss,
     MaskGuidedAttention,
+    MemoryQueue,
     NTXentLoss,
     ProjectionHead,
     SupConLoss,
@@ -112,6 +113,9 @@ def _cases() -> dict[str, Callable[[], Any]]:
     image_labels = torch.tensor([0, 0, 1, 1])
     tau = torch.tensor(0.3, requires_grad=True)
     cb = ClassBalancedLoss(counts, loss_type="focal")
+    refs = torch.randn(5, 8, generator=gen, requires_grad=True)
+    memory_loss = SupConLoss(memory=MemoryQueue(40, 8))
+    memory_loss.memory.enqueue(torch.randn(20, 8, generator=gen), labels[:4].repeat(5))
     attention = MaskGuidedAttention(8, mode="hard", teacher_forcing=0.5).train()
     return {
         "nt_xent dense": lambda: CF.nt_xent_loss(z1, z2),
@@ -125,6 +129,26 @@ def _cases() -> dict[str, Callable[[], Any]]:
         "supcon mask": lambda: CF.supcon_loss(z, mask=rel),
         "supcon mask tiled": lambda: CF.supcon_loss(z, mask=rel, chunk_size=6),
         "SupConLoss": lambda: SupConLoss()(z, labels),
+        "supcon refs hard debiased dense": lambda: CF.supcon_loss(
+            z,
+            labels,
+            ref_features=refs,
+            ref_labels=labels[:5],
+            hard_negative_beta=0.5,
+            debias_tau_plus=0.1,
+        ),
+        "supcon refs hard tiled": lambda: CF.supcon_loss(
+            z,
+            labels,
+            ref_features=refs,
+            ref_labels=labels[:5],
+            hard_negative_beta=0.5,
+            chunk_size=5,
+        ),
+        "supcon multi-hot dense": lambda: CF.supcon_loss(z, multi_hot),
+        "supcon multi-hot tiled": lambda: CF.supcon_loss(z, multi_hot, chunk_size=5),
+        "nt_xent refs tiled": lambda: CF.nt_xent_loss(z, ref_features=refs, chunk_size=5),
+        "SupConLoss memory": lambda: memory_loss(z, labels),
         "class_balanced softmax": lambda: CF.class_balanced_loss(logits, target, counts),
         "class_balanced focal multi-hot": lambda: CF.class_balanced_loss(
             logits, multi_hot, [50, 5, 1], loss_type="focal"
