@@ -97,7 +97,7 @@ class NTXentConfig:
 
     @property
     def negatives(self) -> Negatives:
-        """The negatives' weighting (:class:`~contrast_attn._rows.Negatives`)."""
+        """The negatives' weighting (``contrast_attn._rows.Negatives``)."""
         return Negatives(self.hard_negative_beta, self.debias_tau_plus)
 
 
@@ -138,7 +138,7 @@ class SupConConfig:
 
     @property
     def negatives(self) -> Negatives:
-        """The negatives' weighting (:class:`~contrast_attn._rows.Negatives`)."""
+        """The negatives' weighting (``contrast_attn._rows.Negatives``)."""
         return Negatives(self.hard_negative_beta, self.debias_tau_plus)
 
     @property
@@ -207,7 +207,7 @@ def nt_xent_loss(
             negatives of every anchor, in every denominator. They are not gathered:
             under ``gather=True`` every rank should pass the same keys.
         hard_negative_beta: :math:`\\beta \\ge 0`: negatives weighted by
-            :math:`e^{\\beta s}` (Robinson et al.; see :class:`~contrast_attn._rows.Negatives`).
+            :math:`e^{\\beta s}` (Robinson et al.).
         debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`: debiased negatives (Chuang et al.).
             With both 0 (the default) the loss is the plain one above.
 
