@@ -29,7 +29,7 @@ CASES = {
     "dense": {"dense": True},
     "tiled (auto)": {},
     "hard+debiased dense": {"dense": True, "hard": True},
-    "hard+debiased tiled (256 rows)": {"hard": True, "chunk_size": 256},
+    "hard+debiased tiled (32 rows)": {"hard": True, "chunk_size": 32},
 }
 
 

@@ -49,6 +49,9 @@ class MemoryQueue(nn.Module):
         label_shape: Shape of one label: ``()`` for class indices, ``(C,)`` for
             multi-hot label sets.
         dtype: The keys' dtype (float32 by default; float64 for exact tests).
+        kinds: Also hold a kind per key (:meth:`kinds`), for the contrastive feature
+            regulariser: 1 for a lesion embedding, 0 for a background embedding, -1
+            for a row that takes no part (a region that did not qualify).
 
     Examples:
         >>> import torch
@@ -73,6 +76,7 @@ class MemoryQueue(nn.Module):
         *,
         label_shape: tuple[int, ...] = (),
         dtype: torch.dtype = torch.float32,
+        kinds: bool = False,
     ) -> None:
         super().__init__()
         self.size = _checks.check_int(size, "size", low=1)
@@ -83,6 +87,11 @@ class MemoryQueue(nn.Module):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.register_buffer("keys", torch.zeros(size, dim, dtype=dtype))
         self.register_buffer("labels", torch.zeros(size, *label_shape, dtype=torch.long))
+        self.kind: torch.Tensor | None
+        if _checks.check_bool(kinds, "kinds"):
+            self.register_buffer("kind", torch.full((size,), -1, dtype=torch.long))
+        else:
+            self.kind = None
         self.filled = 0
         self.next = 0
 
@@ -94,15 +103,31 @@ class MemoryQueue(nn.Module):
         """
         return self.keys[: self.filled], self.labels[: self.filled]
 
+    def kinds(self) -> torch.Tensor:
+        """The kinds ``[M]`` of the keys held (1 lesion, 0 background, -1 no part).
+
+        Raises:
+            ValueError: The queue was built without ``kinds=True``.
+        """
+        if self.kind is None:
+            raise ValueError("this MemoryQueue holds no kinds; build it with kinds=True")
+        return self.kind[: self.filled]
+
     @torch.no_grad()
     def enqueue(
-        self, keys: torch.Tensor, labels: torch.Tensor | None = None, *, gather: bool = False
+        self,
+        keys: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        kind: torch.Tensor | None = None,
+        gather: bool = False,
     ) -> None:
         """Write a batch of keys (detached, L2-normalised) over the oldest ones.
 
         Args:
             keys: ``[G, D]`` embeddings.
             labels: ``[G]`` (or ``[G, C]``) labels; ``None`` = zeros.
+            kind: ``[G]`` kinds (with ``kinds=True`` only; required then).
             gather: All-gather keys and labels from every ``torch.distributed``
                 rank first (the same rows are then enqueued on every rank).
 
@@ -124,18 +149,34 @@ class MemoryQueue(nn.Module):
                 f"labels must have shape {[keys.shape[0], *label_shape]} (one per key), got "
                 f"shape {tuple(labels.shape)}"
             )
-        rows = F.normalize(keys.detach().to(self.keys.dtype), dim=1).to(self.keys.device)
-        labels = labels.detach().to(self.labels.device, torch.long)
+        if (kind is None) != (self.kind is None):
+            raise ValueError(
+                "kind must be given exactly when the queue holds kinds (MemoryQueue(kinds=True))"
+            )
+        parts = [
+            F.normalize(keys.detach().to(self.keys.dtype), dim=1).to(self.keys.device),
+            labels.detach().to(self.labels.device, torch.long),
+        ]
+        if kind is not None:
+            _checks.check_tensor(kind, "kind")
+            if tuple(kind.shape) != (keys.shape[0],):
+                raise ValueError(
+                    f"kind must have shape [{keys.shape[0]}] (one per key), got shape "
+                    f"{tuple(kind.shape)}"
+                )
+            parts.append(kind.detach().to(self.labels.device, torch.long))
         if gather:
-            rows, labels = gather_no_grad(rows), gather_no_grad(labels)
-        count = rows.shape[0]
+            parts = [gather_no_grad(part) for part in parts]
+        count = parts[0].shape[0]
         if count > self.size:
-            rows, labels = rows[-self.size :], labels[-self.size :]
+            parts = [part[-self.size :] for part in parts]
             self.next = (self.next + count - self.size) % self.size
             count = self.size
         slots = torch.arange(self.next, self.next + count, device=self.keys.device) % self.size
-        self.keys.index_copy_(0, slots, rows)
-        self.labels.index_copy_(0, slots, labels)
+        self.keys.index_copy_(0, slots, parts[0])
+        self.labels.index_copy_(0, slots, parts[1])
+        if self.kind is not None:
+            self.kind.index_copy_(0, slots, parts[2])
         self.next = (self.next + count) % self.size
         self.filled = min(self.filled + count, self.size)
 

@@ -115,6 +115,8 @@ def _cases() -> dict[str, Callable[[], Any]]:
     cb = ClassBalancedLoss(counts, loss_type="focal")
     refs = torch.randn(5, 8, generator=gen, requires_grad=True)
     memory_loss = SupConLoss(memory=MemoryQueue(40, 8))
+    regularizer_memory = ContrastiveFeatureRegularizer(8, 4, memory=MemoryQueue(12, 4, kinds=True))
+    regularizer_memory(features.detach(), mask, image_labels)
     memory_loss.memory.enqueue(torch.randn(20, 8, generator=gen), labels[:4].repeat(5))
     attention = MaskGuidedAttention(8, mode="hard", teacher_forcing=0.5).train()
     return {
@@ -177,6 +179,18 @@ def _cases() -> dict[str, Callable[[], Any]]:
             features, mask, image_labels, chunk_size=3, reduction="none"
         ),
         "ContrastiveFeatureRegularizer": lambda: ContrastiveFeatureRegularizer(8, 4)(
+            features, mask, image_labels
+        ),
+        "regularizer refs tiled": lambda: CF.contrastive_feature_regularizer(
+            features,
+            mask,
+            image_labels,
+            chunk_size=3,
+            ref_features=torch.randn(5, 8),
+            ref_labels=torch.tensor([0, 1, 1, 0, 2]),
+            ref_kind=torch.tensor([1, 1, 0, -1, 1]),
+        ),
+        "ContrastiveFeatureRegularizer memory": lambda: regularizer_memory(
             features, mask, image_labels
         ),
         "MaskGuidedAttention": lambda: attention(features, mask, valid),
