@@ -6,7 +6,8 @@ of this process's embeddings. :func:`run_on_ranks` spawns two ranks that each ru
 every case on their half of a fixed global batch through a small model wrapped in
 ``DistributedDataParallel``; :func:`assert_matches_single_process` checks that the
 mean of the ranks' losses and every rank's (DDP-averaged) gradients are those of
-one process on the concatenated batch.
+one process on the concatenated batch. :func:`ddp_test` makes the module's test of all
+its cases (the ranks are spawned once per module).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -50,7 +52,8 @@ def loss_and_grads(
     return loss.detach(), [p.grad.detach().clone() for p in net.parameters() if p.grad is not None]
 
 
-def _worker(rank: int, port: int, out_dir: str, module: str) -> None:
+def init_gloo(rank: int, port: int) -> None:
+    """Join the two-rank gloo group on 127.0.0.1:``port`` (one thread per rank)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -59,6 +62,10 @@ def _worker(rank: int, port: int, out_dir: str, module: str) -> None:
         world_size=WORLD_SIZE,
         timeout=timedelta(seconds=60),
     )
+
+
+def _worker(rank: int, port: int, out_dir: str, module: str) -> None:
+    init_gloo(rank, port)
     try:
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         cases: Cases = importlib.import_module(module).ddp_cases()
@@ -90,3 +97,24 @@ def assert_matches_single_process(
         assert len(grads) == len(expected_grads)
         for grad, expected in zip(grads, expected_grads):
             torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-12)
+
+
+_RESULTS: dict[str, list[dict[str, object]]] = {}
+
+
+def ddp_test(module: str) -> Callable[..., None]:
+    """The test ``test_ddp_gather_equals_single_process`` over ``module.ddp_cases()``."""
+    cases: Cases = importlib.import_module(module).ddp_cases()
+
+    @pytest.mark.distributed
+    @pytest.mark.xdist_group("distributed")
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_ddp_gather_equals_single_process(
+        name: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        if module not in _RESULTS:
+            _RESULTS[module] = run_on_ranks(module, tmp_path_factory.mktemp("ddp"))
+        case, labels = cases[name]
+        assert_matches_single_process(_RESULTS[module], name, case, labels)
+
+    return test_ddp_gather_equals_single_process

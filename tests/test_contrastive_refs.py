@@ -9,7 +9,6 @@ tiled = dense, 2-rank DDP = one process, and under fp16/bf16 autocast.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -225,14 +224,4 @@ def ddp_cases() -> _ddp_cases.Cases:
     return cases
 
 
-@pytest.fixture(scope="module")
-def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
-    return _ddp_cases.run_on_ranks(__name__, Path(tmp_path_factory.mktemp("ddp_refs")))
-
-
-@pytest.mark.distributed
-@pytest.mark.xdist_group("distributed")
-@pytest.mark.parametrize("name", sorted(ddp_cases()))
-def test_ddp_gather_equals_single_process(name: str, rank_results: list[dict[str, object]]) -> None:
-    case, labels = ddp_cases()[name]
-    _ddp_cases.assert_matches_single_process(rank_results, name, case, labels)
+test_ddp_gather_equals_single_process = _ddp_cases.ddp_test(__name__)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -163,14 +162,7 @@ def _run_steps(rows: slice, gather: bool) -> dict[str, object]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=2,
-        timeout=timedelta(seconds=60),
-    )
+    _ddp_cases.init_gloo(rank, port)
     try:
         result = _run_steps(slice(rank * 4, (rank + 1) * 4), True)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")

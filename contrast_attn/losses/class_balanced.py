@@ -137,6 +137,8 @@ class ClassBalancedLoss(ConfiguredModule):
         zero_count: ``"error"``, ``"as_one"`` or ``"zero_weight"`` for classes
             without samples. With ``"error"``, given counts are checked at
             construction, so a missing class fails at once.
+        label_weighting: ``"reference"`` (each row weighted by :math:`\alpha_i`) or
+            ``"per_label"`` (each label's term by its class's weight; sigmoid/focal).
 
     Shape:
         ``loss(logits, target)`` with logits ``[B, C]`` and target ``[B]`` (class
@@ -185,6 +187,7 @@ class ClassBalancedLoss(ConfiguredModule):
         label_smoothing: float = 0.0,
         normalization: str = "reference",
         zero_count: str = "error",
+        label_weighting: str = "reference",
     ) -> None:
         super().__init__()
         config = ClassBalancedConfig(
@@ -196,6 +199,7 @@ class ClassBalancedLoss(ConfiguredModule):
             label_smoothing,
             normalization,
             zero_count,
+            label_weighting,
         )
         if num_classes is not None:
             _checks.check_int(num_classes, "num_classes", low=1)
