@@ -581,7 +581,12 @@ def _check_refs(
 def _check_labels_or_sets(labels: torch.Tensor, name: str, rows: int) -> torch.Tensor:
     """Class indices ``[rows]`` (integer) or multi-hot label sets ``[rows, C]`` (any real dtype)."""
     tensor = _checks.check_tensor(labels, name)
-    if tensor.ndim != 2:
+    if tensor.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must have shape [B] = [{rows}] (class indices) or [B, C] (multi-hot "
+            f"label sets), got shape {tuple(tensor.shape)}"
+        )
+    if tensor.ndim == 1:
         return _checks.check_labels(tensor, name, rows)
     if tensor.is_complex():
         raise TypeError(f"{name} must be a real tensor of 0/1 label sets, got {tensor.dtype}")
