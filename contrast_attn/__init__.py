@@ -21,6 +21,7 @@ from .losses import (
     PostHocLogitAdjustment,
     SupConLoss,
 )
+from .memory import MemoryQueue
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -31,6 +32,7 @@ __all__ = [
     "MaskGuidanceLoss",
     "MaskGuidedAttention",
     "MaskedAveragePool",
+    "MemoryQueue",
     "NTXentLoss",
     "PostHocLogitAdjustment",
     "ProjectionHead",

@@ -54,21 +54,25 @@ path supports it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "DENSE_MAX_PAIRS",
     "TILE_BYTES",
+    "Negatives",
     "Positives",
     "RowLosses",
     "compute_dtype",
     "contrastive_rows",
     "default_chunk_size",
     "normalize_rows",
+    "reweighted_rows",
 ]
 
 # Above this many anchor-key pairs the tiled kernel is used automatically
@@ -93,7 +97,10 @@ class Positives:
     pair is positive when the labels are equal); an explicit ``[n, N]`` bool
     matrix; or ``views = V``: the keys are V view-major copies of N / V samples
     (key ``j`` is sample ``j mod N / V``) and the positives are the other views
-    of the same sample (NT-Xent). The pair of a row with itself is never positive. ``key_valid``
+    of the same sample (NT-Xent). A fourth form, ``label_sets`` (``[N, C]`` multi-hot
+    0/1 rows in the keys' dtype), weights each pair by the Jaccard overlap of the
+    two label sets, :math:`w_{ij} = |Y_i \\cap Y_j| / |Y_i \\cup Y_j|` (positive when
+    :math:`w_{ij} > 0`). The pair of a row with itself is never positive. ``key_valid``
     (``[N]`` bool, optional) marks the keys that take part: the others are
     neither positives nor in any denominator, and an anchor whose own key is
     not valid gets loss 0 (fixed shapes instead of selecting rows).
@@ -103,6 +110,7 @@ class Positives:
     matrix: torch.Tensor | None = None
     key_valid: torch.Tensor | None = None
     views: int | None = None
+    label_sets: torch.Tensor | None = None
 
     def as_labels(self, num_keys: int, device: torch.device) -> Positives:
         """The same relation with ``views`` written as sample labels (other forms unchanged)."""
@@ -110,6 +118,38 @@ class Positives:
             return self
         sample = torch.arange(num_keys // self.views, device=device).repeat(self.views)
         return Positives(key_labels=sample, key_valid=self.key_valid)
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """How the negatives of an anchor enter its denominator.
+
+    With :math:`Q(i)` the negatives of anchor :math:`i` (the other valid keys that
+    are not positives), :math:`M = |Q(i)|` and :math:`s_{ij} = a_i \\cdot k_j / \\tau`,
+    the negatives' part of the denominator, :math:`\\sum_{q \\in Q(i)} e^{s_{iq}}`, becomes
+
+    .. math::
+        \\hat S_i = M \\frac{\\sum_{q \\in Q(i)} e^{(1 + \\beta) s_{iq}}}{\\sum_{q \\in Q(i)} e^{\\beta s_{iq}}},
+        \\qquad
+        N_i = \\max\\Big(\\frac{\\hat S_i - \\tau^+ M \\bar e_i}{1 - \\tau^+},\\; M e^{-1/\\tau}\\Big),
+
+    where :math:`\\bar e_i = \\sum_p w_{ip} e^{s_{ip}} / \\sum_p w_{ip}` is the
+    (weighted) mean of the positives' :math:`e^{s}`: importance weights
+    :math:`\\propto e^{\\beta s}` on the negatives (``beta``, Robinson et al., ICLR 2021)
+    and the debiased estimator with class prior :math:`\\tau^+` (``tau_plus``,
+    Chuang et al., NeurIPS 2020), clipped at its theoretical minimum as in both
+    papers' code. The denominator of anchor :math:`i` is then
+    :math:`\\sum_{p \\in P(i)} e^{s_{ip}} + N_i`; with ``beta = 0`` and
+    ``tau_plus = 0`` it is the plain sum over every other key.
+    """
+
+    beta: float = 0.0
+    tau_plus: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether the denominator differs from the plain sum."""
+        return self.beta != 0.0 or self.tau_plus != 0.0
 
 
 class RowLosses(NamedTuple):
@@ -164,6 +204,7 @@ def contrastive_rows(
     variant: str = "out",
     chunk_size: int | None = None,
     summed: bool = False,
+    negatives: Negatives | None = None,
 ) -> RowLosses:
     """Per-anchor supervised-contrastive loss of unit-norm rows.
 
@@ -192,12 +233,25 @@ def contrastive_rows(
             and the tiled kernel above :data:`DENSE_MAX_PAIRS` pairs.
         summed: Return the sum of the per-anchor losses (the tiled kernel then
             computes its gradient in the forward pass).
+        negatives: Hard-negative / debiased denominators (:class:`Negatives`);
+            ``None`` or inactive = the plain sum.
+
+    Weighted positives (``positives.label_sets``) give
+    :math:`\\ell_i^{out} = -\\sum_p w_{ip} \\log (e^{s_{ip}} / D_i) / \\sum_p w_{ip}` and
+    :math:`\\ell_i^{in} = -\\log (\\sum_p w_{ip} e^{s_{ip}} / (D_i \\sum_p w_{ip}))`. They and
+    active :class:`Negatives` take :func:`reweighted_rows`: dense, or in row tiles
+    that are recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`),
+    so that memory stays :math:`O(N D + t N)`.
 
     Returns:
         :class:`RowLosses` ``(loss [n] or 0-d, num_positives [n])``.
     """
     big_n = keys.shape[0]
     n = big_n if anchor_index is None else anchor_index.shape[0]
+    if positives.label_sets is not None or (negatives is not None and negatives.active):
+        return _reweighted(
+            keys, anchor_index, positives, temperature, variant, chunk_size, summed, negatives
+        )
     if chunk_size is None and (n * big_n <= DENSE_MAX_PAIRS or positives.matrix is not None):
         # Small problems, or an explicit mask (already n*N): the dense path is as lean.
         if positives.views is None or variant != "out" or positives.key_valid is not None:
@@ -314,6 +368,139 @@ def _dense_rows(
         no_pos = torch.where(num_pos[:, None] > 0, float("-inf"), 0.0).to(logits.dtype)
         pos_logit = torch.where(pos, logits, no_pos).logsumexp(dim=1) - count.log()
     return torch.where(num_pos > 0, lse - pos_logit, 0.0), num_pos
+
+
+def _reweighted(
+    keys: torch.Tensor,
+    anchor_index: torch.Tensor | None,
+    positives: Positives,
+    temperature: Temperature,
+    variant: str,
+    chunk_size: int | None,
+    summed: bool,
+    negatives: Negatives | None,
+) -> RowLosses:
+    """:func:`reweighted_rows` on the whole problem, or in recomputed row tiles."""
+    big_n = keys.shape[0]
+    if anchor_index is None:
+        anchor_index = torch.arange(big_n, device=keys.device)
+    n = anchor_index.shape[0]
+    positives = positives.as_labels(big_n, keys.device)
+    negatives = negatives if negatives is not None else Negatives()
+    if chunk_size is None and n * big_n <= DENSE_MAX_PAIRS:
+        loss, num_pos = reweighted_rows(
+            keys, anchor_index, positives, temperature, variant, negatives
+        )
+        return RowLosses(loss.sum() if summed else loss, num_pos)
+    tile = chunk_size if chunk_size is not None else default_chunk_size(big_n)
+    losses, counts = [], []
+    for start in range(0, n, tile):
+        rows = slice(start, min(start + tile, n))
+        part = positives
+        if positives.matrix is not None:
+            part = Positives(matrix=positives.matrix[rows], key_valid=positives.key_valid)
+        tile_loss, tile_count = checkpoint(
+            reweighted_rows,
+            keys,
+            anchor_index[rows],
+            part,
+            temperature,
+            variant,
+            negatives,
+            use_reentrant=False,
+        )
+        losses.append(tile_loss.sum() if summed else tile_loss)
+        counts.append(tile_count)
+    loss = torch.stack(losses).sum() if summed else torch.cat(losses)
+    return RowLosses(loss, torch.cat(counts))
+
+
+def reweighted_rows(
+    keys: torch.Tensor,
+    anchor_index: torch.Tensor,
+    positives: Positives,
+    temperature: Temperature,
+    variant: str,
+    negatives: Negatives,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor losses with weighted positives and reweighted negatives, by plain autograd.
+
+    The loss of :func:`contrastive_rows` with pair weights :math:`w_{ij}` (1 for the
+    positives of labels, views or a matrix; the Jaccard overlap for ``label_sets``)
+    and the denominator :math:`D_i = \\sum_{p \\in P(i)} e^{s_{ip}} + N_i` of
+    :class:`Negatives`, all in the log domain.
+
+    Args:
+        keys: ``[N, D]`` unit-norm rows.
+        anchor_index: ``[n]`` long, the anchors' rows of ``keys``.
+        positives: Labels, label sets or an ``[n, N]`` matrix (not ``views``), and
+            the valid keys.
+        temperature: :math:`\\tau`.
+        variant: ``"out"`` or ``"in"``.
+        negatives: The negatives' weighting.
+
+    Returns:
+        ``(loss [n], num_positives [n])``; 0 for anchors without a positive.
+    """
+    anchors = keys.index_select(0, anchor_index)
+    logits = (anchors / temperature) @ keys.T
+    fill = torch.finfo(logits.dtype).min
+    other = torch.ones_like(logits, dtype=torch.bool).scatter_(1, anchor_index[:, None], False)
+    valid = positives.key_valid
+    if valid is not None:
+        other &= valid[None, :] & valid[anchor_index][:, None]
+    if positives.label_sets is not None:
+        sets = positives.label_sets
+        overlap = sets.index_select(0, anchor_index) @ sets.T
+        union = sets.sum(dim=1)[anchor_index][:, None] + sets.sum(dim=1)[None, :] - overlap
+        weight = torch.where(other & (overlap > 0), overlap / union.clamp(min=1), 0.0)
+    else:
+        if positives.matrix is not None:
+            pos = positives.matrix.clone()
+        else:
+            assert positives.key_labels is not None
+            labels = positives.key_labels
+            pos = labels[anchor_index][:, None] == labels[None, :]
+        weight = (pos & other).to(logits.dtype)
+    pos = weight > 0
+    num_pos = pos.sum(dim=1)
+    weight_sum = weight.sum(dim=1)
+    log_weight = torch.where(pos, weight.clamp(min=torch.finfo(weight.dtype).tiny).log(), fill)
+    # log of the weighted mean of the positives' e^s (finite filler where there is none).
+    log_pos_mean = (logits + log_weight).masked_fill(~pos, fill).logsumexp(dim=1) - (
+        weight_sum.clamp(min=torch.finfo(weight.dtype).tiny).log()
+    )
+    if negatives.active:
+        neg = other & ~pos
+        log_count = neg.sum(dim=1).clamp(min=1).to(logits.dtype).log()
+        log_neg = (logits * (1.0 + negatives.beta)).masked_fill(~neg, fill).logsumexp(dim=1)
+        if negatives.beta != 0.0:
+            log_neg = (
+                log_neg
+                + log_count
+                - ((logits * negatives.beta).masked_fill(~neg, fill).logsumexp(dim=1))
+            )
+        if negatives.tau_plus != 0.0:
+            floor = log_count - 1.0 / temperature
+            # log of tau+ M e_bar relative to the reweighted sum; the estimate is positive
+            # only where it is < 0 (elsewhere only the floor is used and gets no NaN).
+            excess = math.log(negatives.tau_plus) + log_count + log_pos_mean - log_neg
+            below = excess < 0
+            safe = torch.where(below, excess, -1.0)
+            estimate = log_neg + torch.log1p(-safe.exp()) - math.log1p(-negatives.tau_plus)
+            log_neg = torch.where(below, torch.maximum(estimate, floor), floor)
+        log_neg = torch.where(neg.any(dim=1), log_neg, fill)
+        log_pos = logits.masked_fill(~pos, fill).logsumexp(dim=1)
+        log_denom = torch.logaddexp(log_pos, log_neg)
+    else:
+        log_denom = logits.masked_fill(~other, fill).logsumexp(dim=1)
+    if variant == "out":
+        pos_term = (torch.where(pos, logits, 0.0) * weight).sum(dim=1) / weight_sum.clamp(
+            min=torch.finfo(weight.dtype).tiny
+        )
+    else:
+        pos_term = log_pos_mean
+    return torch.where(num_pos > 0, log_denom - pos_term, 0.0), num_pos
 
 
 def _class_ids(key_labels: torch.Tensor) -> torch.Tensor:

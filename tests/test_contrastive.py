@@ -446,7 +446,7 @@ def test_modules_match_functions_and_repr() -> None:
             r"labels must be an integer tensor .* got dtype torch.float32",
         ),
         (
-            lambda: supcon_loss(torch.randn(4, 2, 8), torch.zeros(4, 1, dtype=torch.long)),
+            lambda: supcon_loss(torch.randn(4, 2, 8), torch.zeros(4, 1, 1, dtype=torch.long)),
             ValueError,
             r"labels must have shape \[B\] = \[4\]",
         ),

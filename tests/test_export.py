@@ -55,6 +55,8 @@ def _inputs(batch: int) -> dict[str, torch.Tensor]:
 
 
 torch.manual_seed(0)
+REFS = torch.randn(5, 8)
+REF_LABELS = torch.tensor([0, 1, 2, 2, 4])
 REGULARIZER = ContrastiveFeatureRegularizer(8, projection_dim=4).eval()
 HEAD = ProjectionHead(8, out_features=4).eval()
 SIMCLR_HEAD = ProjectionHead(8, out_features=4, output_batch_norm=True).eval()
@@ -68,6 +70,25 @@ CASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "NTXentLoss": (lambda z: NTXentLoss(0.5, reduction="none")(z), ("z",)),
     "supcon_loss": (lambda z, labels: CF.supcon_loss(z, labels, variant="in"), ("z", "labels")),
     "SupConLoss": (lambda z, labels: SupConLoss(0.2)(z, labels), ("z", "labels")),
+    "supcon_loss refs hard debiased": (
+        lambda z, labels: CF.supcon_loss(
+            z,
+            labels,
+            ref_features=REFS,
+            ref_labels=REF_LABELS,
+            hard_negative_beta=0.5,
+            debias_tau_plus=0.1,
+        ),
+        ("z", "labels"),
+    ),
+    "supcon_loss multi-hot": (
+        lambda z, labels: CF.supcon_loss(z, torch.stack([labels == 0, labels != 1], dim=1)),
+        ("z", "labels"),
+    ),
+    "nt_xent_loss refs hard": (
+        lambda z: CF.nt_xent_loss(z, ref_features=REFS, hard_negative_beta=1.0),
+        ("z",),
+    ),
     "class_balanced_loss": (
         lambda logits, target: CF.class_balanced_loss(
             logits, target, torch.tensor([30, 5, 1]), beta=0.99, loss_type="focal"
@@ -180,6 +201,12 @@ TILED: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "nt_xent_loss tiled": (lambda z: CF.nt_xent_loss(z, chunk_size=5), ("z",)),
     "supcon_loss tiled": (
         lambda z, labels: CF.supcon_loss(z, labels, chunk_size=5),
+        ("z", "labels"),
+    ),
+    "supcon_loss multi-hot hard tiled": (
+        lambda z, labels: CF.supcon_loss(
+            z, torch.stack([labels == 0, labels != 1], dim=1), hard_negative_beta=0.5, chunk_size=5
+        ),
         ("z", "labels"),
     ),
     "regularizer tiled": (

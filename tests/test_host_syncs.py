@@ -28,6 +28,7 @@ from contrast_attn import (
     MaskedAveragePool,
     MaskGuidanceLoss,
     MaskGuidedAttention,
+    MemoryQueue,
     NTXentLoss,
     PostHocLogitAdjustment,
     ProjectionHead,
@@ -122,6 +123,11 @@ def _cases() -> dict[str, Callable[[], Any]]:
     post_hoc = PostHocLogitAdjustment(counts)
     class_weight = torch.tensor([0.5, 1.0, 2.0])
     drw = CF.deferred_reweighting_weights(counts, 5, defer_epoch=3)
+    refs = torch.randn(5, 8, generator=gen, requires_grad=True)
+    memory_loss = SupConLoss(memory=MemoryQueue(40, 8))
+    regularizer_memory = ContrastiveFeatureRegularizer(8, 4, memory=MemoryQueue(12, 4, kinds=True))
+    regularizer_memory(features.detach(), mask, image_labels)
+    memory_loss.memory.enqueue(torch.randn(20, 8, generator=gen), labels[:4].repeat(5))
     attention = MaskGuidedAttention(8, mode="hard", teacher_forcing=0.5).train()
     volume = torch.randn(4, 8, 3, 4, 5, generator=gen, requires_grad=True)
     volume_mask = torch.zeros(4, 1, 7, 9, 11)
@@ -140,6 +146,26 @@ def _cases() -> dict[str, Callable[[], Any]]:
         "supcon mask": lambda: CF.supcon_loss(z, mask=rel),
         "supcon mask tiled": lambda: CF.supcon_loss(z, mask=rel, chunk_size=6),
         "SupConLoss": lambda: SupConLoss()(z, labels),
+        "supcon refs hard debiased dense": lambda: CF.supcon_loss(
+            z,
+            labels,
+            ref_features=refs,
+            ref_labels=labels[:5],
+            hard_negative_beta=0.5,
+            debias_tau_plus=0.1,
+        ),
+        "supcon refs hard tiled": lambda: CF.supcon_loss(
+            z,
+            labels,
+            ref_features=refs,
+            ref_labels=labels[:5],
+            hard_negative_beta=0.5,
+            chunk_size=5,
+        ),
+        "supcon multi-hot dense": lambda: CF.supcon_loss(z, multi_hot),
+        "supcon multi-hot tiled": lambda: CF.supcon_loss(z, multi_hot, chunk_size=5),
+        "nt_xent refs tiled": lambda: CF.nt_xent_loss(z, ref_features=refs, chunk_size=5),
+        "SupConLoss memory": lambda: memory_loss(z, labels),
         "class_balanced softmax": lambda: CF.class_balanced_loss(logits, target, counts),
         "class_balanced focal multi-hot": lambda: CF.class_balanced_loss(
             logits, multi_hot, [50, 5, 1], loss_type="focal"
@@ -182,6 +208,18 @@ def _cases() -> dict[str, Callable[[], Any]]:
             features, mask, image_labels, chunk_size=3, reduction="none"
         ),
         "ContrastiveFeatureRegularizer": lambda: ContrastiveFeatureRegularizer(8, 4)(
+            features, mask, image_labels
+        ),
+        "regularizer refs tiled": lambda: CF.contrastive_feature_regularizer(
+            features,
+            mask,
+            image_labels,
+            chunk_size=3,
+            ref_features=torch.randn(5, 8),
+            ref_labels=torch.tensor([0, 1, 1, 0, 2]),
+            ref_kind=torch.tensor([1, 1, 0, -1, 1]),
+        ),
+        "ContrastiveFeatureRegularizer memory": lambda: regularizer_memory(
             features, mask, image_labels
         ),
         "MaskGuidedAttention": lambda: attention(features, mask, valid),

@@ -37,6 +37,7 @@ __all__ = [
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
 NORMALIZATIONS = ("reference", "weight_sum")
 ZERO_COUNTS = ("error", "as_one", "zero_weight")
+LABEL_WEIGHTINGS = ("reference", "per_label")
 
 EMPTY_CLASS = (
     "their class-balanced weight (1 - beta) / (1 - beta**0) is infinite. Pass "
@@ -309,6 +310,7 @@ class ClassBalancedConfig(CountsPolicy):
     label_smoothing: float = 0.0
     normalization: str = "reference"
     zero_count: str = "error"
+    label_weighting: str = "reference"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta", _check_beta(self.beta))
@@ -320,6 +322,12 @@ class ClassBalancedConfig(CountsPolicy):
         object.__setattr__(self, "label_smoothing", smoothing)
         _checks.check_choice(self.normalization, "normalization", NORMALIZATIONS)
         _checks.check_choice(self.zero_count, "zero_count", ZERO_COUNTS)
+        _checks.check_choice(self.label_weighting, "label_weighting", LABEL_WEIGHTINGS)
+        if self.label_weighting == "per_label" and self.loss_type == "softmax":
+            raise ValueError(
+                "label_weighting='per_label' is for loss_type='sigmoid' or 'focal', got "
+                "loss_type='softmax'"
+            )
         if smoothing > 0 and self.loss_type != "softmax":
             raise ValueError(
                 f"label_smoothing is only defined for loss_type='softmax', got "
@@ -380,6 +388,7 @@ def class_balanced_loss(
     label_smoothing: float = 0.0,
     normalization: str = "reference",
     zero_count: str = "error",
+    label_weighting: str = "reference",
 ) -> torch.Tensor:
     r"""Class-balanced softmax, sigmoid or focal loss (Cui et al., 2019).
 
@@ -401,6 +410,22 @@ def class_balanced_loss(
     for a positive and :math:`p^\gamma` for a negative, :math:`p = \sigma(x)`. It is
     evaluated as :math:`\exp(\gamma(\log\sigma(x) - y x))`, which cannot overflow.
     :math:`\gamma = 0` gives the sigmoid loss.
+
+    ``label_weighting="per_label"`` (sigmoid and focal) weights each label's term by
+    its own class's weight instead of weighting the row by :math:`\alpha_i`:
+
+    .. math::
+        \ell_i^{sigmoid} = \sum_{c=1}^{C} w_c \, \mathrm{BCE}(x_{ic}, y_{ic}),
+        \qquad
+        \ell_i^{focal} = \sum_{c=1}^{C} w_c \, m_{ic} \, \mathrm{BCE}(x_{ic}, y_{ic}) .
+
+    The reference form (the default) gives an all-negative row ("no finding",
+    :math:`y_i = 0`) the weight :math:`\alpha_i = 0`, so such rows do not train the
+    model at all; the per-label form keeps their negative terms, each weighted
+    like its class. For one-hot rows the two forms differ in the negatives'
+    weights (:math:`w_{y_i}` for every label in the reference form, :math:`w_c` per
+    label here). With ``normalization="weight_sum"`` the per-label mean divides by
+    :math:`\sum_{i,c} w_c` over the counted rows.
 
     ``reduction="mean"`` divides :math:`\sum_i \ell_i` by:
 
@@ -441,6 +466,8 @@ def class_balanced_loss(
         label_smoothing: :math:`\varepsilon \in [0, 1]`, ``"softmax"`` only.
         normalization: ``"reference"`` or ``"weight_sum"``, the denominator of the mean.
         zero_count: Treatment of classes with no sample, see :func:`class_balanced_weights`.
+        label_weighting: ``"reference"`` (per-row :math:`\alpha_i`) or ``"per_label"``
+            (each label's term by its class's weight; sigmoid and focal only).
 
     Returns:
         A scalar, or ``[B]`` with ``reduction="none"`` (float32, or float64 for
@@ -473,7 +500,15 @@ def class_balanced_loss(
         True
     """
     config = ClassBalancedConfig(
-        beta, loss_type, gamma, reduction, ignore_index, label_smoothing, normalization, zero_count
+        beta,
+        loss_type,
+        gamma,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        normalization,
+        zero_count,
+        label_weighting,
     )
     return class_balanced(config, logits, target, counts)
 
@@ -506,21 +541,29 @@ def class_balanced(
             y = target.to(dtype)
             alpha = y @ w
             positives = y.sum()
+            counted = torch.ones_like(alpha)
         else:
             valid = target != ignore_index
             # int32/uint8 indices are valid targets; one_hot and indexing want int64.
             index = torch.where(valid, target, 0).long()
             alpha = w[index] * valid
             positives = valid.sum()
+            counted = valid.to(dtype)
             # One-hot by comparison: F.one_hot reads the index range back to the host.
             y = (index[:, None] == torch.arange(num_classes, device=x.device)).to(dtype)
+        row_weight = alpha
         if loss_type == "softmax":
             log_p = x.log_softmax(dim=1)
             per_sample = -(y * log_p).sum(dim=1)
             if label_smoothing > 0:
                 per_sample = (1.0 - label_smoothing) * per_sample - label_smoothing * log_p.mean(1)
+        elif config.label_weighting == "per_label":
+            # Each label's term carries its class's weight, so the row itself counts once;
+            # its total weight sum_c w_c enters the "weight_sum" mean.
+            per_sample = (_binary_terms(x, y, loss_type, gamma) * w).sum(dim=1)
+            row_weight, alpha = counted, counted * w.sum()
         else:
             per_sample = _binary_terms(x, y, loss_type, gamma).sum(dim=1)
-        loss = alpha * per_sample
+        loss = row_weight * per_sample
     denominator = positives if config.normalization == "reference" else alpha.sum()
     return reduce_loss(loss, reduction, denominator)

@@ -19,16 +19,25 @@ import torch
 
 from .. import _checks
 from .._reduction import reduce_loss
-from .._rows import DENSE_MAX_PAIRS, Positives, Temperature, contrastive_rows, normalize_rows
+from .._rows import (
+    DENSE_MAX_PAIRS,
+    Negatives,
+    Positives,
+    Temperature,
+    contrastive_rows,
+    normalize_rows,
+)
 from ..distributed import all_reduce_sum, gather_no_grad, gather_with_grad, rank_and_world_size
 
 __all__ = [
     "DENSE_MAX_PAIRS",
     "NTXentConfig",
+    "Negatives",
     "Positives",
     "SupConConfig",
     "SupConResult",
     "check_contrastive_common",
+    "check_negatives",
     "contrastive_rows",
     "nt_xent",
     "nt_xent_loss",
@@ -52,6 +61,14 @@ def check_contrastive_common(
     return checked
 
 
+def check_negatives(beta: float, tau_plus: float) -> Negatives:
+    """Validate the hard-negative :math:`\\beta \\ge 0` and debiasing :math:`\\tau^+ \\in [0, 1)`."""
+    return Negatives(
+        _checks.check_float(beta, "hard_negative_beta", low=0.0),
+        _checks.check_float(tau_plus, "debias_tau_plus", low=0.0, high=1.0, high_inclusive=False),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class NTXentConfig:
     """The validated hyper-parameters of :func:`nt_xent_loss` (see there for each).
@@ -65,12 +82,22 @@ class NTXentConfig:
     reduction: str = "mean"
     gather: bool = False
     chunk_size: int | None = None
+    hard_negative_beta: float = 0.0
+    debias_tau_plus: float = 0.0
 
     def __post_init__(self) -> None:
         temperature = check_contrastive_common(
             self.temperature, self.reduction, self.gather, self.chunk_size
         )
         object.__setattr__(self, "temperature", temperature)
+        negatives = check_negatives(self.hard_negative_beta, self.debias_tau_plus)
+        object.__setattr__(self, "hard_negative_beta", negatives.beta)
+        object.__setattr__(self, "debias_tau_plus", negatives.tau_plus)
+
+    @property
+    def negatives(self) -> Negatives:
+        """The negatives' weighting (``contrast_attn._rows.Negatives``)."""
+        return Negatives(self.hard_negative_beta, self.debias_tau_plus)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,12 +116,17 @@ class SupConConfig:
     reduction: str = "mean"
     gather: bool = False
     chunk_size: int | None = None
+    hard_negative_beta: float = 0.0
+    debias_tau_plus: float = 0.0
 
     def __post_init__(self) -> None:
         temperature = check_contrastive_common(
             self.temperature, self.reduction, self.gather, self.chunk_size
         )
         object.__setattr__(self, "temperature", temperature)
+        negatives = check_negatives(self.hard_negative_beta, self.debias_tau_plus)
+        object.__setattr__(self, "hard_negative_beta", negatives.beta)
+        object.__setattr__(self, "debias_tau_plus", negatives.tau_plus)
         _checks.check_choice(self.variant, "variant", VARIANTS)
         _checks.check_choice(self.no_positive, "no_positive", NO_POSITIVE)
         if self.base_temperature is not None:
@@ -102,6 +134,11 @@ class SupConConfig:
                 self.base_temperature, "base_temperature", low=0.0, low_inclusive=False
             )
             object.__setattr__(self, "base_temperature", base)
+
+    @property
+    def negatives(self) -> Negatives:
+        """The negatives' weighting (``contrast_attn._rows.Negatives``)."""
+        return Negatives(self.hard_negative_beta, self.debias_tau_plus)
 
     @property
     def scale(self) -> Temperature:
@@ -131,6 +168,9 @@ def nt_xent_loss(
     reduction: str = "mean",
     gather: bool = False,
     chunk_size: int | None = None,
+    ref_features: torch.Tensor | None = None,
+    hard_negative_beta: float = 0.0,
+    debias_tau_plus: float = 0.0,
 ) -> torch.Tensor:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR.
 
@@ -161,6 +201,28 @@ def nt_xent_loss(
             the ranks' losses equals the single-process loss on the whole batch.
         chunk_size: Rows per tile of the memory-bounded kernel; ``None`` chooses
             automatically (dense for small batches).
+        ref_features: ``[R, D]`` extra keys that are not anchors (e.g. a
+            :class:`~contrast_attn.MemoryQueue`'s contents): L2-normalised inside,
+            negatives of every anchor, in every denominator. They are not gathered:
+            under ``gather=True`` every rank should pass the same keys.
+        hard_negative_beta: :math:`\\beta \\ge 0`: negatives weighted by
+            :math:`e^{\\beta s}` (Robinson et al.).
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`: debiased negatives (Chuang et al.).
+            With both 0 (the default) the loss is the plain one above.
+
+    With :math:`\\beta` or :math:`\\tau^+` set, the negatives' part of the denominator,
+    :math:`\\sum_{k \\notin P(i)} e^{s_{ik}}`, becomes (with :math:`M` negatives)
+
+    .. math::
+        N_i = \\max\\Big(\\frac{1}{1 - \\tau^+}\\Big(M \\frac{\\sum_{q} e^{(1 + \\beta) s_{iq}}}
+            {\\sum_{q} e^{\\beta s_{iq}}} - \\tau^+ M \\frac{1}{|P(i)|}\\sum_{p} e^{s_{ip}}\\Big),
+            \\; M e^{-1/\\tau}\\Big),
+        \\qquad
+        \\ell_i = -\\frac{1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\log \\frac{e^{s_{ip}}}{\\sum_{p' \\in P(i)} e^{s_{ip'}} + N_i},
+
+    which for :math:`V = 2` is the loss of Robinson et al. (their code's
+    :math:`\\beta` multiplies :math:`s = z \\cdot z' / \\tau`, as here).
 
     Returns:
         A scalar, or ``[V * B]`` with ``reduction="none"``.
@@ -172,7 +234,9 @@ def nt_xent_loss(
 
     References:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual
-        Representations", ICML 2020 (arXiv:2002.05709).
+        Representations", ICML 2020 (arXiv:2002.05709). Robinson et al.,
+        "Contrastive Learning with Hard Negative Samples", ICLR 2021. Chuang et al.,
+        "Debiased Contrastive Learning", NeurIPS 2020.
 
     Examples:
         >>> import torch
@@ -185,16 +249,25 @@ def nt_xent_loss(
         >>> nt_xent_loss(torch.stack([z1, z2], dim=1)).item() == loss.item()
         True
     """
-    return nt_xent(NTXentConfig(temperature, reduction, gather, chunk_size), z1, z2)
+    config = NTXentConfig(
+        temperature, reduction, gather, chunk_size, hard_negative_beta, debias_tau_plus
+    )
+    return nt_xent(config, z1, z2, ref_features)
 
 
-def nt_xent(config: NTXentConfig, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent(
+    config: NTXentConfig,
+    z1: torch.Tensor,
+    z2: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
+) -> torch.Tensor:
     """:func:`nt_xent_loss` with validated hyper-parameters (what the module calls)."""
     rows, num_views = _nt_xent_rows(z1, z2)
     batch = rows.shape[0] // num_views
     _check_batch(batch, config.gather)
     checks = _checks.ValueChecks()
     checks.values(rows, "z1" if z2 is None else "z1/z2")
+    refs = _check_refs(ref_features, None, rows, None, checks)
     if isinstance(config.temperature, torch.Tensor):
         checks.positive(config.temperature, "temperature")
     checks.run()
@@ -203,6 +276,8 @@ def nt_xent(config: NTXentConfig, z1: torch.Tensor, z2: torch.Tensor | None = No
         num_views,
         None,
         None,
+        refs,
+        negatives=config.negatives,
         temperature=config.temperature,
         scale=1.0,
         variant="out",
@@ -255,6 +330,10 @@ def supcon_loss(
     reduction: str = "mean",
     gather: bool = False,
     chunk_size: int | None = None,
+    ref_features: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    hard_negative_beta: float = 0.0,
+    debias_tau_plus: float = 0.0,
 ) -> torch.Tensor:
     """Supervised contrastive loss (SupCon) of Khosla et al.
 
@@ -275,6 +354,24 @@ def supcon_loss(
     neither labels nor mask the positives are the other views of the same sample
     and the loss equals :func:`nt_xent_loss`.
 
+    Multi-hot labels ``[B, C]`` (co-occurring findings) weight each pair by the
+    overlap of the two label sets, the Jaccard index
+    :math:`w_{ik} = |Y_i \\cap Y_k| / |Y_i \\cup Y_k|` (1 for identical sets, 0 for
+    disjoint ones); the positives are the pairs with :math:`w_{ik} > 0` and
+
+    .. math::
+        \\ell_i^{out} = -\\frac{\\tau}{\\tau_b} \\frac{1}{\\sum_{p} w_{ip}} \\sum_{p \\in P(i)}
+            w_{ip} \\log \\frac{e^{s_{ip}}}{\\sum_{k \\in A(i)} e^{s_{ik}}},
+        \\qquad
+        \\ell_i^{in} = -\\frac{\\tau}{\\tau_b} \\log \\frac{\\sum_{p} w_{ip} e^{s_{ip}}}
+            {\\sum_{p} w_{ip} \\sum_{k \\in A(i)} e^{s_{ik}}} .
+
+    One-hot rows give the integer-label loss. The weighted-positive form is that of
+    Dufumier et al.'s y-aware InfoNCE (weights from a kernel on the labels); the
+    Jaccard weight on label sets is our choice. A row with no label (an empty set,
+    e.g. "no finding") has no positive and falls under ``no_positive``; it is still
+    a negative of every other row.
+
     Anchors without a positive (a class present once with ``V = 1``) are handled by
     ``no_positive``: ``"ignore"`` leaves them out of the mean, ``"zero"`` counts them
     as 0 (the reference code's behaviour), ``"error"`` raises. Their number is never
@@ -283,7 +380,8 @@ def supcon_loss(
 
     Args:
         features: ``[B, V, D]`` (V views) or ``[B, D]`` (one view) embeddings.
-        labels: ``[B]`` integer class labels, or ``None``.
+        labels: ``[B]`` integer class labels, ``[B, C]`` multi-hot label sets (0/1,
+            any real dtype; see below), or ``None``.
         mask: ``[B, B]`` explicit positive relation (bool or 0/1); exclusive with
             ``labels``. The diagonal is expanded to the other views of a sample.
         temperature: :math:`\\tau > 0`: a number, or a one-element tensor (e.g. a
@@ -297,6 +395,17 @@ def supcon_loss(
         gather: All-gather features and labels across ranks (with gradients);
             not available with ``mask``.
         chunk_size: Rows per tile of the memory-bounded kernel; ``None`` = automatic.
+        ref_features: ``[R, D]`` extra keys that are not anchors (e.g. a
+            :class:`~contrast_attn.MemoryQueue`'s contents), L2-normalised inside.
+            They join every anchor's denominator, and its positives when
+            ``ref_labels`` match. Not gathered: under ``gather=True`` every rank
+            should pass the same keys.
+        ref_labels: ``[R]`` (or ``[R, C]`` multi-hot, like ``labels``) labels of
+            ``ref_features``; required with ``labels``, not allowed without.
+            Without labels (and without mask) the reference keys are negatives only.
+        hard_negative_beta: :math:`\\beta \\ge 0`, hard-negative importance weights
+            (Robinson et al.); see :func:`nt_xent_loss` for the formula.
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`, debiased negatives (Chuang et al.).
 
     Returns:
         A scalar, or ``[V * B]`` with ``reduction="none"``.
@@ -308,6 +417,8 @@ def supcon_loss(
 
     References:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020 (arXiv:2004.11362).
+        Dufumier et al., "Contrastive Learning with Continuous Proxy Meta-Data for 3D
+        MRI Classification", MICCAI 2021 (weighted positives).
 
     Examples:
         >>> import torch
@@ -319,9 +430,17 @@ def supcon_loss(
         torch.Size([])
     """
     config = SupConConfig(
-        temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
+        temperature,
+        base_temperature,
+        variant,
+        no_positive,
+        reduction,
+        gather,
+        chunk_size,
+        hard_negative_beta,
+        debias_tau_plus,
     )
-    return supcon(config, features, labels, mask).loss
+    return supcon(config, features, labels, mask, ref_features, ref_labels).loss
 
 
 def supcon(
@@ -329,6 +448,8 @@ def supcon(
     features: torch.Tensor,
     labels: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
 ) -> SupConResult:
     """:func:`supcon_loss` with validated hyper-parameters, and the anchors without a positive.
 
@@ -347,6 +468,11 @@ def supcon(
         mask = _checks.check_bool_mask(mask, "mask", (batch, batch), "[B, B]", checks)
         mask = mask.to(views.device)
     checks.values(features, "features")
+    if labels is not None and labels.ndim == 2:
+        checks.binary(labels, "labels")
+    if mask is not None and ref_features is not None:
+        raise ValueError("ref_features are not available with an explicit mask; pass labels")
+    refs = _check_refs(ref_features, ref_labels, features, labels, checks)
     if isinstance(config.temperature, torch.Tensor):
         checks.positive(config.temperature, "temperature")
     result = _contrast(
@@ -354,6 +480,8 @@ def supcon(
         num_views,
         labels,
         mask,
+        refs,
+        negatives=config.negatives,
         temperature=config.temperature,
         scale=config.scale,
         variant=config.variant,
@@ -392,7 +520,7 @@ def _supcon_views(
     if labels is not None and mask is not None:
         raise ValueError("pass either labels or mask to supcon_loss, not both")
     if labels is not None:
-        labels = _checks.check_labels(labels, "labels", batch).to(views.device)
+        labels = _check_labels_or_sets(labels, "labels", batch).to(views.device)
     if mask is not None:
         mask = _checks.check_tensor(mask, "mask")
         if tuple(mask.shape) != (batch, batch):
@@ -407,12 +535,79 @@ def _supcon_views(
     return views, labels, mask
 
 
+def _check_refs(
+    ref_features: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
+    features: torch.Tensor,
+    labels: torch.Tensor | None,
+    checks: _checks.ValueChecks,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Checked reference keys ``[R, D]`` and their labels (as ``labels``), or None."""
+    if ref_features is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels were given without ref_features")
+        return None
+    _checks.check_floating_tensor(ref_features, "ref_features")
+    dim = features.shape[-1]
+    if ref_features.ndim != 2 or ref_features.shape[1] != dim:
+        raise ValueError(
+            f"ref_features must have shape [R, D] with D = {dim} (the features' dimension), "
+            f"got shape {tuple(ref_features.shape)}"
+        )
+    if (labels is None) != (ref_labels is None):
+        raise ValueError(
+            "ref_labels must be given exactly when labels are: with labels, the reference "
+            "keys need theirs; without, they are negatives only"
+        )
+    checks.values(ref_features, "ref_features")
+    ref_features = ref_features.to(features.device)
+    if ref_labels is None or labels is None:
+        return ref_features, None
+    _checks.check_tensor(ref_labels, "ref_labels")
+    if ref_labels.ndim != labels.ndim or ref_labels.shape[1:] != labels.shape[1:]:
+        raise ValueError(
+            f"ref_labels must have shape {['R', *labels.shape[1:]]} like labels "
+            f"{list(labels.shape)}, got shape {tuple(ref_labels.shape)}"
+        )
+    if ref_labels.shape[0] != ref_features.shape[0]:
+        raise ValueError(
+            f"ref_labels must hold one label per reference key, got {ref_labels.shape[0]} "
+            f"labels for {ref_features.shape[0]} keys"
+        )
+    ref_labels = _check_labels_or_sets(ref_labels, "ref_labels", ref_features.shape[0])
+    if ref_labels.ndim == 2:
+        checks.binary(ref_labels, "ref_labels")
+    return ref_features, ref_labels.to(labels.device)
+
+
+def _check_labels_or_sets(labels: torch.Tensor, name: str, rows: int) -> torch.Tensor:
+    """Class indices ``[rows]`` (integer) or multi-hot label sets ``[rows, C]`` (any real dtype)."""
+    tensor = _checks.check_tensor(labels, name)
+    if tensor.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must have shape [B] = [{rows}] (class indices) or [B, C] (multi-hot "
+            f"label sets), got shape {tuple(tensor.shape)}"
+        )
+    if tensor.ndim == 1:
+        return _checks.check_labels(tensor, name, rows)
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be a real tensor of 0/1 label sets, got {tensor.dtype}")
+    if tensor.shape[0] != rows:
+        raise ValueError(
+            f"{name} must have shape [B, C] with B = {rows} (one label set per sample), "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    return tensor
+
+
 def _contrast(
     rows: torch.Tensor,
     num_views: int,
     labels: torch.Tensor | None,
     mask: torch.Tensor | None,
+    refs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     *,
+    negatives: Negatives | None = None,
     temperature: Temperature,
     scale: Temperature,
     variant: str,
@@ -442,11 +637,16 @@ def _contrast(
             ).reshape(-1)
         if mask is not None:
             positives = Positives(matrix=mask.repeat(num_views, num_views))
+        elif labels is not None and labels.ndim == 2:
+            sets = (gather_no_grad(labels) if gather else labels).to(keys.dtype)
+            positives = Positives(label_sets=sets.repeat(num_views, 1))
         elif labels is not None:
             all_labels = gather_no_grad(labels) if gather else labels
             positives = Positives(key_labels=all_labels.repeat(num_views))
         else:
             positives = Positives(views=num_views)
+        if refs is not None:
+            keys, positives, anchor_index = _with_refs(keys, positives, anchor_index, refs)
         summed = reduction != "none"
         loss, num_pos = contrastive_rows(
             keys,
@@ -456,6 +656,7 @@ def _contrast(
             variant=variant,
             chunk_size=chunk_size,
             summed=summed,
+            negatives=negatives,
         )
     if not isinstance(scale, float) or scale != 1.0:
         loss = loss * scale
@@ -475,6 +676,31 @@ def _contrast(
         world = rank_and_world_size()[1]
         return SupConResult(reduce_loss(loss, "mean", all_reduce_sum(counted) / world), num_without)
     return SupConResult(reduce_loss(loss, "mean", counted), num_without)
+
+
+def _with_refs(
+    keys: torch.Tensor,
+    positives: Positives,
+    anchor_index: torch.Tensor | None,
+    refs: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[torch.Tensor, Positives, torch.Tensor]:
+    """Append the reference keys after the batch's keys; they are never anchors."""
+    ref_features, ref_labels = refs
+    if anchor_index is None:
+        anchor_index = torch.arange(keys.shape[0], device=keys.device)
+    ref_keys = normalize_rows(ref_features).to(keys.dtype)
+    if positives.label_sets is not None:
+        assert ref_labels is not None
+        sets = torch.cat([positives.label_sets, ref_labels.to(keys.dtype)])
+        return torch.cat([keys, ref_keys]), Positives(label_sets=sets), anchor_index
+    positives = positives.as_labels(keys.shape[0], keys.device)
+    labels = positives.key_labels
+    assert labels is not None
+    if ref_labels is None:
+        # Sample labels are < N: label N is one no anchor has, so the keys are negatives only.
+        ref_labels = labels.new_full((ref_keys.shape[0],), keys.shape[0])
+    merged = Positives(key_labels=torch.cat([labels, ref_labels.to(labels.dtype)]))
+    return torch.cat([keys, ref_keys]), merged, anchor_index
 
 
 def _check_batch(batch: int, gather: bool) -> None:

@@ -17,6 +17,7 @@ from .pooling import pool_regions
 
 __all__ = [
     "RegularizerConfig",
+    "RegularizerRefs",
     "RegularizerResult",
     "contrastive_feature_regularizer",
     "regularize",
@@ -65,6 +66,58 @@ class RegularizerResult(NamedTuple):
     num_anchors: torch.Tensor
 
 
+class RegularizerRefs(NamedTuple):
+    """Reference embeddings of the regulariser: keys that are not anchors.
+
+    Attributes:
+        features: ``[R, D]`` embeddings in the projected space.
+        labels: ``[R]`` classes of the lesion embeddings, or ``None`` (one class).
+        kind: ``[R]`` 1 lesion, 0 background, -1 no part.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor | None
+    kind: torch.Tensor | None
+
+    def checked(self, labelled: bool, checks: _checks.ValueChecks) -> RegularizerRefs:
+        """Shapes and dtypes checked; value checks (finite, kinds in {-1, 0, 1}) join ``checks``."""
+        features = _checks.check_floating_tensor(self.features, "ref_features")
+        _checks.check_ndim(features, "ref_features", (2,), "[R, D]")
+        rows = features.shape[0]
+        if self.kind is None:
+            raise ValueError("ref_kind (1 lesion, 0 background, -1 no part) is required")
+        kind = _checks.check_labels(self.kind, "ref_kind", rows)
+        if labelled != (self.labels is not None):
+            raise ValueError(
+                "ref_labels must be given exactly when labels are (the classes of the "
+                "reference lesion embeddings)"
+            )
+        labels = None
+        if self.labels is not None:
+            labels = _checks.check_labels(self.labels, "ref_labels", rows).to(features.device)
+        checks.values(features, "ref_features")
+        if checks.enabled:
+            checks.require(
+                ((kind >= -1) & (kind <= 1)).all(),
+                lambda: (
+                    "ref_kind must hold 1 (lesion), 0 (background) or -1 (no part), got "
+                    f"{torch.unique(kind).tolist()[:5]}"
+                ),
+            )
+        return RegularizerRefs(features, labels, kind.to(features.device))
+
+    def append_to(
+        self, keys: torch.Tensor, key_info: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and ``[M, 3]`` (class, is lesion, takes part) rows with the references appended."""
+        assert self.kind is not None
+        kind = self.kind.long()
+        labels = torch.zeros_like(kind) if self.labels is None else self.labels.long()
+        info = torch.stack([labels, (kind == 1).long(), (kind >= 0).long()], dim=1)
+        ref_keys = normalize_rows(self.features).to(keys.dtype)
+        return torch.cat([keys, ref_keys]), torch.cat([key_info, info.to(key_info.device)])
+
+
 def contrastive_feature_regularizer(
     features: torch.Tensor,
     mask: torch.Tensor,
@@ -78,6 +131,9 @@ def contrastive_feature_regularizer(
     reduction: str = "mean",
     gather: bool = False,
     chunk_size: int | None = None,
+    ref_features: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    ref_kind: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Supervised-contrastive term on pooled lesion and background features.
 
@@ -167,6 +223,15 @@ def contrastive_feature_regularizer(
         gather: All-gather embeddings across ``torch.distributed`` ranks (with
             gradients), as above; outside a process group the same as ``False``.
         chunk_size: Rows per tile of the memory-bounded kernel; ``None`` = automatic.
+        ref_features: ``[R, D]`` reference embeddings in the projected space (e.g. a
+            :class:`~contrast_attn.MemoryQueue`'s contents), L2-normalised inside: keys
+            that are not anchors. A reference lesion embedding is a positive of the
+            anchors of its class and a negative of the others; a reference background
+            embedding is a negative of every anchor. Not gathered across ranks.
+        ref_labels: ``[R]`` integer classes of the reference lesion embeddings
+            (ignored for background ones); ``None`` with ``labels=None``.
+        ref_kind: ``[R]`` integer kind of each reference embedding: 1 lesion,
+            0 background, -1 no part (required with ``ref_features``).
 
     Returns:
         A scalar, or ``[B]`` with ``reduction="none"``.
@@ -196,7 +261,12 @@ def contrastive_feature_regularizer(
         (0.0, True)
     """
     config = RegularizerConfig(temperature, variant, min_area, reduction, gather, chunk_size)
-    return regularize(config, features, mask, labels, valid=valid, projection=projection).loss
+    refs = None if ref_features is None else RegularizerRefs(ref_features, ref_labels, ref_kind)
+    if refs is None and (ref_labels is not None or ref_kind is not None):
+        raise ValueError("ref_labels and ref_kind need ref_features")
+    return regularize(
+        config, features, mask, labels, valid=valid, projection=projection, refs=refs
+    ).loss
 
 
 def regularize(
@@ -207,8 +277,15 @@ def regularize(
     *,
     valid: torch.Tensor | None = None,
     projection: Projection | None = None,
+    refs: RegularizerRefs | None = None,
+    on_keys: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> RegularizerResult:
-    """:func:`contrastive_feature_regularizer` with validated hyper-parameters, and the count."""
+    """:func:`contrastive_feature_regularizer` with validated hyper-parameters, and the count.
+
+    ``on_keys(keys, labels, kind)``, when given, receives this call's ``[2B, D]``
+    normalised keys (lesion rows, then background rows, before any gathering), their
+    labels and kinds (1 lesion, 0 background, -1 no part), e.g. to enqueue them.
+    """
     _checks.check_feature_map(features, "features")
     checks = _checks.ValueChecks()
     mask = _checks.check_spatial_mask(mask, "mask", spatial_dims=features.ndim - 2, checks=checks)
@@ -221,6 +298,8 @@ def regularize(
     if valid is not None:
         valid = _checks.check_bool_mask(valid, "valid", (batch,), "[B]", checks).to(device)
     checks.values(features, "features")
+    if refs is not None:
+        refs = refs.checked(labels is not None, checks)
     if isinstance(config.temperature, torch.Tensor):
         checks.positive(config.temperature, "temperature")
     checks.run()
@@ -246,6 +325,11 @@ def regularize(
             f"projection must map pooled vectors [M, C] = {list(vectors.shape)} to a floating "
             f"tensor [M, D], got {_checks.describe(projected)}"
         )
+    if refs is not None and refs.features.shape[1] != projected.shape[1]:
+        raise ValueError(
+            f"ref_features must have shape [R, D] with D = {projected.shape[1]} (the projected "
+            f"embeddings' dimension), got shape {tuple(refs.features.shape)}"
+        )
     lesion_labels = labels.long() if labels is not None else has_lesion.new_zeros(batch).long()
     # Per key row: class, is it a lesion row, does it take part.
     key_info = torch.stack(
@@ -258,11 +342,16 @@ def regularize(
     )
     with torch.autocast(device_type=device.type, enabled=False):
         keys = normalize_rows(projected)
+        if on_keys is not None:
+            kind = torch.where(key_info[:, 2].bool(), key_info[:, 1], -1)
+            on_keys(keys.detach(), key_info[:, 0], kind)
         offset = 0
         if config.gather:
             # Own lesion anchors against the keys of every rank; this rank's rows start at offset.
             keys, offset = gather_variable_with_grad(keys)
             key_info = gather_variable_with_grad(key_info)[0]
+        if refs is not None:
+            keys, key_info = refs.append_to(keys, key_info)
         key_labels, is_lesion, key_valid = key_info.unbind(dim=1)
         # Background keys get a label that no anchor has: negatives only.
         key_labels = torch.where(is_lesion.bool(), key_labels, key_labels.max() + 1)

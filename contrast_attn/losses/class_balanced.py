@@ -46,6 +46,8 @@ class ClassBalancedLoss(ClassCountsModule):
         zero_count: ``"error"``, ``"as_one"`` or ``"zero_weight"`` for classes
             without samples. With ``"error"``, given counts are checked at
             construction, so a missing class fails at once.
+        label_weighting: ``"reference"`` (each row weighted by :math:`\alpha_i`) or
+            ``"per_label"`` (each label's term by its class's weight; sigmoid/focal).
 
     Shape:
         ``loss(logits, target)`` with logits ``[B, C]`` and target ``[B]`` (class
@@ -93,6 +95,7 @@ class ClassBalancedLoss(ClassCountsModule):
         label_smoothing: float = 0.0,
         normalization: str = "reference",
         zero_count: str = "error",
+        label_weighting: str = "reference",
     ) -> None:
         config = ClassBalancedConfig(
             beta,
@@ -103,6 +106,7 @@ class ClassBalancedLoss(ClassCountsModule):
             label_smoothing,
             normalization,
             zero_count,
+            label_weighting,
         )
         # With zero_count="error" a missing class fails here, at once.
         super().__init__(counts, num_classes=num_classes, config=config)

@@ -6,6 +6,7 @@ import torch
 
 from .._config import ConfiguredModule
 from ..functional.contrastive import NTXentConfig, SupConConfig, nt_xent, supcon
+from ..memory import MemoryQueue
 
 __all__ = ["NTXentLoss", "SupConLoss"]
 
@@ -26,6 +27,11 @@ class NTXentLoss(ConfiguredModule):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather: All-gather across ``torch.distributed`` ranks with gradients.
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+        hard_negative_beta: :math:`\\beta \\ge 0`, hard-negative importance weights.
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`, debiased negatives.
+        memory: A :class:`~contrast_attn.MemoryQueue`: each call contrasts with its
+            contents (extra negatives, ``ref_features``) and then enqueues the
+            call's embeddings (all views; gathered when ``gather=True``).
 
     Shape:
         Called as ``loss(z1, z2)`` with two ``[B, D]`` views or ``loss(views)`` with
@@ -62,12 +68,23 @@ class NTXentLoss(ConfiguredModule):
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
+        hard_negative_beta: float = 0.0,
+        debias_tau_plus: float = 0.0,
+        memory: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
-        self.config = NTXentConfig(temperature, reduction, gather, chunk_size)
+        self.config = NTXentConfig(
+            temperature, reduction, gather, chunk_size, hard_negative_beta, debias_tau_plus
+        )
+        self.memory = _check_memory(memory)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
-        return nt_xent(self.config, z1, z2)
+        if self.memory is None:
+            return nt_xent(self.config, z1, z2)
+        loss = nt_xent(self.config, z1, z2, self.memory.contents()[0])
+        rows = z1.reshape(-1, z1.shape[-1]) if z2 is None else torch.cat([z1, z2])
+        self.memory.enqueue(rows, gather=self.config.gather)
+        return loss
 
 
 class SupConLoss(ConfiguredModule):
@@ -93,6 +110,12 @@ class SupConLoss(ConfiguredModule):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather: All-gather across ``torch.distributed`` ranks with gradients.
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+        hard_negative_beta: :math:`\\beta \\ge 0`, hard-negative importance weights.
+        debias_tau_plus: :math:`\\tau^+ \\in [0, 1)`, debiased negatives.
+        memory: A :class:`~contrast_attn.MemoryQueue`: each call contrasts with its
+            contents (``ref_features``, with their labels as ``ref_labels`` when
+            ``labels`` are given) and then enqueues the call's embeddings (every
+            view) with their labels (gathered when ``gather=True``).
 
     Shape:
         ``loss(features, labels=None, mask=None)`` with features ``[B, V, D]`` or
@@ -137,11 +160,23 @@ class SupConLoss(ConfiguredModule):
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
+        hard_negative_beta: float = 0.0,
+        debias_tau_plus: float = 0.0,
+        memory: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.config = SupConConfig(
-            temperature, base_temperature, variant, no_positive, reduction, gather, chunk_size
+            temperature,
+            base_temperature,
+            variant,
+            no_positive,
+            reduction,
+            gather,
+            chunk_size,
+            hard_negative_beta,
+            debias_tau_plus,
         )
+        self.memory = _check_memory(memory)
         self.last_num_anchors_without_positives = None
 
     def forward(
@@ -150,6 +185,23 @@ class SupConLoss(ConfiguredModule):
         labels: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        loss, missing = supcon(self.config, features, labels, mask)
+        if self.memory is None:
+            loss, missing = supcon(self.config, features, labels, mask)
+        else:
+            keys, key_labels = self.memory.contents()
+            ref_labels = None if labels is None else key_labels
+            loss, missing = supcon(self.config, features, labels, mask, keys, ref_labels)
+            views = features.shape[1] if features.ndim == 3 else 1
+            self.memory.enqueue(
+                features.reshape(-1, features.shape[-1]),
+                None if labels is None else labels.repeat_interleave(views, dim=0),
+                gather=self.config.gather,
+            )
         self.last_num_anchors_without_positives = missing.detach()
         return loss
+
+
+def _check_memory(memory: MemoryQueue | None) -> MemoryQueue | None:
+    if memory is not None and not isinstance(memory, MemoryQueue):
+        raise TypeError(f"memory must be a MemoryQueue or None, got {type(memory).__name__}")
+    return memory

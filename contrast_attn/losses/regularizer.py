@@ -6,8 +6,9 @@ import torch
 
 from .. import _checks
 from .._config import ConfiguredModule
-from ..functional.regularizer import RegularizerConfig, regularize
+from ..functional.regularizer import RegularizerConfig, RegularizerRefs, regularize
 from ..layers.heads import ProjectionHead
+from ..memory import MemoryQueue
 
 __all__ = ["ContrastiveFeatureRegularizer"]
 
@@ -44,6 +45,10 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
             the mean of the ranks' losses is the loss of the whole batch (the head's
             batch normalisation keeps per-rank statistics).
         chunk_size: Rows per tile of the memory-bounded kernel (``None`` = automatic).
+        memory: A :class:`~contrast_attn.MemoryQueue` built with ``kinds=True`` (and
+            ``dim=projection_dim``): each call contrasts with its contents (reference
+            lesion and background embeddings with their classes) and then enqueues
+            the call's embeddings (gathered when ``gather=True``).
 
     Shape:
         ``reg(features [B, C, H, W], mask [B, 1, h, w] or [B, h, w], labels=None [B],
@@ -88,6 +93,7 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
         reduction: str = "mean",
         gather: bool = False,
         chunk_size: int | None = None,
+        memory: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.config = RegularizerConfig(
@@ -96,6 +102,11 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
         _checks.check_int(in_channels, "in_channels", low=1)
         self.in_channels = in_channels
         self.projection = ProjectionHead(in_channels, hidden_dim, projection_dim)
+        if memory is not None and (not isinstance(memory, MemoryQueue) or memory.kind is None):
+            raise TypeError(
+                f"memory must be a MemoryQueue built with kinds=True, or None, got {memory!r}"
+            )
+        self.memory = memory
         self.last_num_anchors = None
 
     def forward(
@@ -108,9 +119,25 @@ class ContrastiveFeatureRegularizer(ConfiguredModule):
         _checks.check_feature_map(features, "features", self.in_channels)
         # The head's layers without its input checks: the pooled vectors come from
         # features that regularize() has checked (a second check would be a second sync).
+        if self.memory is None:
+            loss, self.last_num_anchors = regularize(
+                self.config, features, mask, labels, valid=valid, projection=self.projection.layers
+            )
+            return loss
+        keys, key_labels = self.memory.contents()
+        refs = RegularizerRefs(keys, None if labels is None else key_labels, self.memory.kinds())
+        new: list[torch.Tensor] = []
         loss, self.last_num_anchors = regularize(
-            self.config, features, mask, labels, valid=valid, projection=self.projection.layers
+            self.config,
+            features,
+            mask,
+            labels,
+            valid=valid,
+            projection=self.projection.layers,
+            refs=refs,
+            on_keys=lambda *rows: new.extend(rows),
         )
+        self.memory.enqueue(new[0], new[1], kind=new[2], gather=self.config.gather)
         return loss
 
     def extra_repr(self) -> str:
