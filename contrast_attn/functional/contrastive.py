@@ -69,6 +69,17 @@ def check_negatives(beta: float, tau_plus: float) -> Negatives:
     )
 
 
+def _validate_shared(record: NTXentConfig | SupConConfig) -> None:
+    """Validate the hyper-parameters NT-Xent and SupCon share, in place (frozen record)."""
+    temperature = check_contrastive_common(
+        record.temperature, record.reduction, record.gather, record.chunk_size
+    )
+    object.__setattr__(record, "temperature", temperature)
+    negatives = check_negatives(record.hard_negative_beta, record.debias_tau_plus)
+    object.__setattr__(record, "hard_negative_beta", negatives.beta)
+    object.__setattr__(record, "debias_tau_plus", negatives.tau_plus)
+
+
 @dataclass(frozen=True, eq=False)
 class NTXentConfig:
     """The validated hyper-parameters of :func:`nt_xent_loss` (see there for each).
@@ -86,13 +97,7 @@ class NTXentConfig:
     debias_tau_plus: float = 0.0
 
     def __post_init__(self) -> None:
-        temperature = check_contrastive_common(
-            self.temperature, self.reduction, self.gather, self.chunk_size
-        )
-        object.__setattr__(self, "temperature", temperature)
-        negatives = check_negatives(self.hard_negative_beta, self.debias_tau_plus)
-        object.__setattr__(self, "hard_negative_beta", negatives.beta)
-        object.__setattr__(self, "debias_tau_plus", negatives.tau_plus)
+        _validate_shared(self)
 
     @property
     def negatives(self) -> Negatives:
@@ -120,13 +125,7 @@ class SupConConfig:
     debias_tau_plus: float = 0.0
 
     def __post_init__(self) -> None:
-        temperature = check_contrastive_common(
-            self.temperature, self.reduction, self.gather, self.chunk_size
-        )
-        object.__setattr__(self, "temperature", temperature)
-        negatives = check_negatives(self.hard_negative_beta, self.debias_tau_plus)
-        object.__setattr__(self, "hard_negative_beta", negatives.beta)
-        object.__setattr__(self, "debias_tau_plus", negatives.tau_plus)
+        _validate_shared(self)
         _checks.check_choice(self.variant, "variant", VARIANTS)
         _checks.check_choice(self.no_positive, "no_positive", NO_POSITIVE)
         if self.base_temperature is not None:
