@@ -237,6 +237,8 @@ def _cell(value: Any) -> str:
             return "n/a"
         std = value.get("std")
         return f"{value['mean']:.3f}" + ("" if std is None else f" ± {std:.3f}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a count of images
     return _fmt(value)
 
 
