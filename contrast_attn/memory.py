@@ -53,6 +53,14 @@ class MemoryQueue(nn.Module):
             regulariser: 1 for a lesion embedding, 0 for a background embedding, -1
             for a row that takes no part (a region that did not qualify).
 
+    Raises:
+        TypeError: ``size`` or ``dim`` not an int, ``dtype`` not a floating dtype,
+            ``kinds`` not a bool; in :meth:`enqueue`, keys or labels that are not
+            tensors (keys not floating).
+        ValueError: ``size`` or ``dim`` below 1, ``label_shape`` not ``()`` or
+            ``(C,)``; in :meth:`enqueue`, keys not ``[N, dim]``, labels of another
+            batch or shape, ``kind`` given to a queue without kinds (or missing).
+
     Examples:
         >>> import torch
         >>> from contrast_attn import MemoryQueue

@@ -233,6 +233,9 @@ def _specs() -> dict[str, Spec]:
             {"in_channels": "int"},
             strings=("mode",),
         ),
+        "MemoryQueue()": Spec(
+            contrast_attn.MemoryQueue, {"size": 8, "dim": C}, {"size": "int", "dim": "int"}
+        ),
         "ProjectionHead": Spec(
             _module(contrast_attn.ProjectionHead, C, out_features=4),
             {"x": _rows(B, C)},

@@ -10,8 +10,10 @@ and report. Then ``out/metrics.json`` holds the aggregate (:func:`aggregate`) an
 ``out/report.md`` its summary.
 
 Examples:
-    >>> aggregate([{"macro_f1": 0.5, "name": "a"}, {"macro_f1": 0.7, "name": "a"}])["macro_f1"]
-    {'mean': 0.6, 'std': 0.1414213562373095, 'n': 2, 'values': [0.5, 0.7]}
+    >>> summary = aggregate([{"macro_f1": 0.5, "name": "a"}, {"macro_f1": 0.7, "name": "a"}])
+    >>> entry = summary["macro_f1"]
+    >>> round(entry["mean"], 6), round(entry["std"], 6), entry["n"], entry["values"]
+    (0.6, 0.141421, 2, [0.5, 0.7])
 """
 
 from __future__ import annotations
