@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tests._dist import free_port
+from tests._dist import spawn_ranks
 
 WORLD_SIZE = 2
 PER_RANK = 4
@@ -82,8 +81,7 @@ def _worker(rank: int, port: int, out_dir: str, module: str) -> None:
 
 def run_on_ranks(module: str, out_dir: Path) -> list[dict[str, object]]:
     """Run ``module.ddp_cases()`` on two gloo ranks; return each rank's results."""
-    mp.spawn(_worker, args=(free_port(), str(out_dir), module), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return spawn_ranks(_worker, out_dir, module, world_size=WORLD_SIZE)
 
 
 def assert_matches_single_process(

@@ -20,7 +20,6 @@ from typing import Any, Optional
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,7 +29,7 @@ from contrast_attn.functional import (
     nt_xent_loss,
     supcon_loss,
 )
-from tests._dist import free_port
+from tests._dist import spawn_ranks
 
 WORLD_SIZE = 2
 PER_RANK = 4
@@ -210,8 +209,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return spawn_ranks(_worker, out_dir, world_size=WORLD_SIZE)
 
 
 @pytest.mark.distributed

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from contrast_attn import distributed
 from contrast_attn.functional import contrastive_feature_regularizer, nt_xent_loss, supcon_loss
-from tests._dist import free_port
+from tests._dist import spawn_ranks
 
 WORLD_SIZE = 2
 
@@ -87,8 +86,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     out_dir = tmp_path_factory.mktemp("ddp_checks")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return spawn_ranks(_worker, out_dir, world_size=WORLD_SIZE)
 
 
 @pytest.mark.distributed
