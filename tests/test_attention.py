@@ -61,6 +61,39 @@ def test_straight_through_gradient_equals_soft_gradient() -> None:
         torch.testing.assert_close(hard, soft)
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_gate_gradient_false_trains_the_scorer_by_the_map_alone(mode: str, residual: bool) -> None:
+    features = torch.randn(4, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 8, 6, 6, dtype=torch.float64)
+    outputs = {}
+    for gate_gradient in (True, False):
+        torch.manual_seed(1)
+        attn = MaskGuidedAttention(
+            8, mode=mode, residual=residual, gate_gradient=gate_gradient
+        ).double()
+        attended, attention = attn(features)
+        outputs[gate_gradient] = (attended, attention)
+        features_grad, *grads = torch.autograd.grad(
+            (attended * upstream).sum(), [features, *attn.parameters()], allow_unused=True
+        )
+        # The forward pass is the same; the features' gradient is the gate's value.
+        gate = attention >= 0.5 if mode == "hard" else attention
+        factor = (1 + gate.double()) if residual else gate.double()
+        if not gate_gradient:
+            assert all(g is None for g in grads)  # no path from the attended features
+            torch.testing.assert_close(features_grad, (factor * upstream).detach())
+        else:
+            assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    torch.testing.assert_close(outputs[True][0], outputs[False][0])
+    torch.testing.assert_close(outputs[True][1], outputs[False][1])
+    # The map itself still carries the scorer's gradient (for the guidance loss).
+    attn = MaskGuidedAttention(8, mode=mode, residual=residual, gate_gradient=False).double()
+    _, attention = attn(features)
+    attention.sum().backward()
+    assert all(p.grad is not None for p in attn.parameters())
+
+
 def test_teacher_forcing_probability_one_gates_exactly_by_the_mask() -> None:
     features = torch.randn(3, 8, 7, 7)
     mask = torch.zeros(3, 1, 30, 30)
@@ -195,6 +228,7 @@ M4 = torch.ones(2, 1, 8, 8)
         (lambda: MaskGuidedAttention(8, teacher_forcing=1.5), ValueError, r"teacher_forcing must be in \[0.0, 1.0\]"),
         (lambda: MaskGuidedAttention(8, mode="sparse"), ValueError, "mode must be one of"),
         (lambda: MaskGuidedAttention(8, residual=None), TypeError, "residual must be a bool"),
+        (lambda: MaskGuidedAttention(8, gate_gradient=1), TypeError, "gate_gradient must be a bool"),
         (lambda: MaskGuidedAttention(8, kernel_size=2), ValueError, "kernel_size must be odd"),
         (lambda: MaskGuidedAttention(0), ValueError, "in_channels must be >= 1"),
     ],
@@ -205,8 +239,9 @@ def test_bad_input_raises_clear_error(call, error: type[Exception], message: str
 
 
 def test_repr_names_the_settings() -> None:
-    text = repr(MaskGuidedAttention(8, mode="hard", teacher_forcing=0.25))
+    text = repr(MaskGuidedAttention(8, mode="hard", teacher_forcing=0.25, gate_gradient=False))
     assert "mode='hard'" in text and "teacher_forcing=0.25" in text
+    assert "gate_gradient=False" in text
 
 
 @pytest.mark.parametrize("prior", [0.05, 0.5, 0.9])

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contrast_attn import MaskGuidedAttention
 from contrast_attn.functional import (
     balanced_softmax_loss,
     class_balanced_loss,
@@ -34,11 +35,16 @@ from examples.deep_pneumonia.evaluate import (
     classification_metrics,
     normalised_confusion,
     operating_point,
+    predict,
     wilson_interval,
 )
+from examples.deep_pneumonia.finetune import build_net
 from examples.deep_pneumonia.imbalance import ImbalanceLoss
+from examples.deep_pneumonia.phantom import PhantomDataset
+from examples.deep_pneumonia.pretrain import build_backbone
 from examples.deep_pneumonia.report import write_report
 from examples.deep_pneumonia.run import build_parser, config_from_args, run_pipeline
+from examples.deep_pneumonia.training import setup_runtime
 
 COUNTS = [252, 105, 42, 21]
 NAMES = ["normal", "bacterial", "viral", "covid19"]
@@ -218,3 +224,43 @@ def test_report_says_why_a_recall_is_zero(tmp_path: Path) -> None:
     assert "| covid19 | never predicted | 0.000 (0/2) [0.00, 0.66] |" in report
     assert "## Operating point" in report and "adjusted, tau = 1" in report
     assert "imbalance loss 'cb'" in report
+
+
+def test_report_counts_the_images_a_closed_hard_gate_hides(tmp_path: Path) -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 4)
+    predicted = np.array([0] * 6 + [1, 1, 0] + [2, 2] + [0, 0, 0, 3])
+    pred = predictions(labels, 4.0 * np.eye(4)[predicted])
+    pred.gate_closed = np.array(
+        [True] * 6 + [False, False, True] + [False] * 2 + [True] * 3 + [False]
+    )
+    pred.gate_threshold = 0.3
+    metrics = classification_metrics(pred, NAMES, COUNTS)
+    assert metrics["closed_gate"]["per_class"]["covid19"] == {"closed": 3, "images": 4}
+    assert metrics["closed_gate"]["per_class"]["normal"] == {"closed": 6, "images": 6}
+    write_report(Config(), metrics, tmp_path / "report.md")
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "reached 0.3) on: normal 6 of 6, bacterial 1 of 3, viral 0 of 2, covid19 3 of 4" in report
+    )
+    assert "Most covid19 test images are among them" in report
+    # Without a hard gate there is nothing to count, and the report says nothing of it.
+    pred.gate_closed = pred.gate_threshold = None
+    metrics = classification_metrics(pred, NAMES, COUNTS)
+    assert metrics["closed_gate"] is None
+    write_report(Config(), metrics, tmp_path / "report.md")
+    assert "Hard gate closed" not in (tmp_path / "report.md").read_text()
+
+
+def test_predictions_flag_closed_gates_only_for_a_hard_non_residual_gate() -> None:
+    cfg = preset("smoke", device="cpu")
+    rt = setup_runtime(cfg)
+    data = PhantomDataset(range(6), [0, 1, 2, 3, 0, 1], seed=0, image_size=cfg.image_size)
+    net = build_net(cfg, build_backbone(cfg), 4)
+    assert isinstance(net.attention, MaskGuidedAttention)
+    torch.nn.init.constant_(net.attention.scorer[-1].bias, -20.0)  # the map is ~0 everywhere
+    pred = predict(net, data, rt, 4)
+    assert pred.gate_threshold == cfg.attention_threshold
+    assert pred.gate_closed is not None and bool(pred.gate_closed.all())
+    np.testing.assert_allclose(pred.probs, np.broadcast_to(pred.probs[0], pred.probs.shape))
+    net.attention.residual = True
+    assert predict(net, data, rt, 4).gate_closed is None

@@ -31,7 +31,11 @@ class MaskGuidedAttention(nn.Module):
     :math:`g = \mathbb{1}[a \ge \theta]` in the forward pass with the
     straight-through gradient :math:`\partial g / \partial a = 1`
     (``mode="hard"``). The residual form keeps the features outside the lesion
-    (the attention emphasises rather than deletes) and is the default.
+    (the attention emphasises rather than deletes) and is the default. With
+    ``gate_gradient=False`` the gate is :math:`\operatorname{sg}(g)` (stop-gradient):
+    the classification loss no longer reaches the scorer through the gated features,
+    so the scorer is trained by the guidance loss alone (the features still get the
+    gradient :math:`g \, \partial L / \partial \tilde f`).
 
     Teacher forcing: in training mode, when a lesion ``mask`` is passed, each
     annotated image (``valid``) is gated by its ground-truth mask, resized to the
@@ -52,6 +56,11 @@ class MaskGuidedAttention(nn.Module):
         mode: ``"soft"`` or ``"hard"``.
         threshold: :math:`\theta \in (0, 1)`, the binarisation threshold of hard mode.
         residual: Gate as :math:`f (1 + g)` (True) or :math:`f g` (False).
+        gate_gradient: Whether the gradient of the gated features reaches the
+            scorer (True; straight-through in hard mode). False detaches the gate,
+            so only a loss on the returned map (the guidance) trains the scorer:
+            with a hard, non-residual gate and a short run, the classification
+            gradient can otherwise keep the map from ever learning the lesion.
         teacher_forcing: Probability in [0, 1] of gating an annotated training
             image with its ground-truth mask.
         hidden_channels: Width of the scorer; ``None`` = ``max(in_channels // 8, 8)``.
@@ -71,8 +80,8 @@ class MaskGuidedAttention(nn.Module):
         [B, 1, d, h, w]`` or ``[B, d, h, w]``, ``attention [B, 1, D, H, W]``.
 
     Raises:
-        TypeError: Bad argument types at construction (``residual`` not a bool,
-            non-int sizes); in the call, non-tensor or non-floating ``features``.
+        TypeError: Bad argument types at construction (``residual`` or
+            ``gate_gradient`` not a bool, non-int sizes); in the call, non-tensor or non-floating ``features``.
         ValueError: ``mode`` unknown, ``threshold`` or ``initial_attention`` outside (0, 1),
             ``teacher_forcing`` outside [0, 1], non-positive sizes, an even
             ``kernel_size`` or ``spatial_dims`` not 2 or 3; in the call, ``features``
@@ -122,6 +131,7 @@ class MaskGuidedAttention(nn.Module):
         mode: str = "soft",
         threshold: float = 0.5,
         residual: bool = True,
+        gate_gradient: bool = True,
         teacher_forcing: float = 0.0,
         hidden_channels: int | None = None,
         kernel_size: int = 3,
@@ -135,6 +145,7 @@ class MaskGuidedAttention(nn.Module):
             threshold, "threshold", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
         _checks.check_bool(residual, "residual")
+        _checks.check_bool(gate_gradient, "gate_gradient")
         self.teacher_forcing = _checks.check_float(
             teacher_forcing, "teacher_forcing", low=0.0, high=1.0
         )
@@ -159,6 +170,7 @@ class MaskGuidedAttention(nn.Module):
         self.spatial_dims = spatial_dims
         self.mode = mode
         self.residual = residual
+        self.gate_gradient = gate_gradient
         conv, norm = (
             (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
         )
@@ -200,6 +212,8 @@ class MaskGuidedAttention(nn.Module):
         if self.mode == "hard":
             hard = (attention >= self.threshold).to(attention.dtype)
             gate = attention + (hard - attention).detach()
+        if not self.gate_gradient:
+            gate = gate.detach()
         if self.training and mask is not None and self.teacher_forcing > 0:
             forced = torch.rand(batch, device=features.device) < self.teacher_forcing
             if valid is not None:
@@ -215,5 +229,6 @@ class MaskGuidedAttention(nn.Module):
         return (
             f"in_channels={self.in_channels}, spatial_dims={self.spatial_dims}, "
             f"mode={self.mode!r}, threshold={self.threshold}, "
-            f"residual={self.residual}, teacher_forcing={self.teacher_forcing}"
+            f"residual={self.residual}, gate_gradient={self.gate_gradient}, "
+            f"teacher_forcing={self.teacher_forcing}"
         )

@@ -146,6 +146,12 @@ class Config:
     attention_threshold: float = setting(
         0.3, "hard gate: open where a >= this", "model", _between(0.0, 1.0, open_interval=True)
     )
+    attention_gate_gradient: bool = setting(
+        False,
+        "classification gradient reaches the attention scorer through the gate"
+        " (false: the guidance loss alone trains it)",
+        "model",
+    )
     teacher_forcing: float = setting(
         0.5, "probability of gating a training image by its mask", "model", _between(0.0, 1.0)
     )
@@ -363,6 +369,7 @@ PRESETS["covid_cxr"] = {
     "width": 16,
     "attention_mode": "soft",
     "attention_residual": True,
+    "attention_gate_gradient": True,
     "teacher_forcing": 0.0,
     "initial_attention": 0.5,
     "pretrain_epochs": 10,

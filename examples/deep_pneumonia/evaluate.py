@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -50,9 +50,12 @@ from .training import Runtime, make_loader
 
 __all__ = [
     "TAU_GRID",
+    "DecisionRule",
     "Predictions",
+    "adjusted_decisions",
     "class_intervals",
     "classification_metrics",
+    "decision_rules",
     "decision_summary",
     "evaluate",
     "lesion_maps",
@@ -91,6 +94,11 @@ class Predictions:
         localisation: per map (``"attention"``, ``"cam"``), the ``[N]`` arrays of
             :func:`.localisation.localisation_metrics` (NaN where undefined); a map the
             network does not have is absent.
+        gate_closed: ``[N]`` bool, for a hard non-residual gate: no cell of the image's
+            attention map reached the threshold, so all its attended features are zero
+            and its logits are those of every other such image; ``None`` for another
+            gate or without attention.
+        gate_threshold: that gate's threshold (``None`` likewise).
     """
 
     labels: np.ndarray
@@ -99,6 +107,8 @@ class Predictions:
     cam_mass: np.ndarray
     lesion_area: np.ndarray
     localisation: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    gate_closed: np.ndarray | None = None
+    gate_threshold: float | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -134,13 +144,19 @@ def predict(
 ) -> Predictions:
     """Run ``net`` over ``dataset`` (no augmentation) on this process."""
     net.eval()
-    labels, probs = [], []
+    gate = net.attention
+    threshold = (
+        gate.threshold if gate is not None and gate.mode == "hard" and not gate.residual else None
+    )
+    labels, probs, closed = [], [], []
     found: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in MAPS}
     for batch in make_loader(dataset, batch_size, rt, train=False):
         with rt.autocast():
             logits, attention, cam = lesion_maps(net, batch["image"].to(rt.device))
         probs.append(logits.float().softmax(dim=1).cpu())
         labels.append(batch["label"])
+        if threshold is not None and attention is not None:
+            closed.append((attention.flatten(1).amax(dim=1) < threshold).cpu())
         for name, maps in zip(MAPS, (attention, cam)):
             if maps is not None:
                 found[name].append(_localise(maps, batch))
@@ -157,6 +173,8 @@ def predict(
         cam_mass=localisation["cam"]["lesion_mass"],
         lesion_area=localisation["cam"]["lesion_area"],
         localisation=localisation,
+        gate_closed=torch.cat(closed).numpy() if closed else None,
+        gate_threshold=threshold,
     )
 
 
@@ -241,6 +259,23 @@ def classification_metrics(
             "lesion_area_fraction": _nanmean(pred.lesion_area),
             "num_images": int(np.isfinite(pred.lesion_area).sum()),
         },
+        "closed_gate": _closed_gate(pred, class_names),
+    }
+
+
+def _closed_gate(pred: Predictions, class_names: list[str]) -> dict[str, Any] | None:
+    """Per class, how many test images the hard gate closed on (``None``: no hard gate)."""
+    if pred.gate_closed is None:
+        return None
+    return {
+        "threshold": pred.gate_threshold,
+        "per_class": {
+            name: {
+                "closed": int(pred.gate_closed[pred.labels == c].sum()),
+                "images": int((pred.labels == c).sum()),
+            }
+            for c, name in enumerate(class_names)
+        },
     }
 
 
@@ -321,12 +356,48 @@ def decision_summary(
     }
 
 
-def _adjusted(pred: Predictions, train_counts: list[int], tau: float) -> np.ndarray:
+def adjusted_decisions(pred: Predictions, train_counts: list[int], tau: float) -> np.ndarray:
     """The post-hoc adjusted decisions of ``pred`` (log-probabilities serve as logits)."""
     logits = torch.from_numpy(np.log(np.clip(pred.probs, 1e-300, None)))
     corrected = post_hoc_logit_adjustment(logits, train_counts, tau=tau, zero_count="as_one")
     decisions: np.ndarray = corrected.argmax(dim=1).numpy()
     return decisions
+
+
+class DecisionRule(NamedTuple):
+    """One decision rule's :math:`\tau`, its decisions, and (when tuned) its validation score."""
+
+    tau: float
+    decisions: np.ndarray
+    validation_balanced_accuracy: float | None = None
+
+
+def decision_rules(
+    pred: Predictions, train_counts: list[int], tune: Predictions | None = None
+) -> dict[str, DecisionRule]:
+    r"""The rules of :func:`operating_point` applied to ``pred``: ``"argmax"``
+    (:math:`\tau = 0`), ``"tau_1"`` and, with validation predictions ``tune``,
+    ``"tau_validation"`` (the :math:`\tau` of :data:`TAU_GRID` with the best balanced
+    accuracy on ``tune``; ties: the one nearest 1)."""
+    rules = {
+        "argmax": DecisionRule(0.0, pred.predicted),
+        "tau_1": DecisionRule(1.0, adjusted_decisions(pred, train_counts, 1.0)),
+    }
+    if tune is not None:
+        score, _, tau = max(
+            (
+                float(
+                    balanced_accuracy_score(tune.labels, adjusted_decisions(tune, train_counts, t))
+                ),
+                -abs(t - 1),
+                t,
+            )
+            for t in TAU_GRID
+        )
+        rules["tau_validation"] = DecisionRule(
+            tau, adjusted_decisions(pred, train_counts, tau), score
+        )
+    return rules
 
 
 def operating_point(
@@ -337,39 +408,22 @@ def operating_point(
 ) -> dict[str, Any]:
     r"""What the post-hoc logit adjustment would change on ``pred``.
 
-    Returns the decision summary (:func:`decision_summary`) of the plain arg-max, of the
-    adjustment at :math:`\tau = 1`, and, when validation predictions ``tune`` are given,
-    at the :math:`\tau` of :data:`TAU_GRID` with the best balanced accuracy on them
-    (ties: the :math:`\tau` nearest 1).
+    Returns the decision summary (:func:`decision_summary`) of every rule of
+    :func:`decision_rules`: the plain arg-max, the adjustment at :math:`\tau = 1`, and,
+    when validation predictions ``tune`` are given, the adjustment at the :math:`\tau`
+    chosen on them (with its validation balanced accuracy).
     """
     minority = int(np.argmin(train_counts))
     result: dict[str, Any] = {
-        "rule": "argmax_c logit_c - tau * log(prior_c), prior = training class frequencies",
-        "argmax": decision_summary(pred.labels, pred.predicted, class_names, minority),
-        "tau_1": {
-            "tau": 1.0,
-            **decision_summary(
-                pred.labels, _adjusted(pred, train_counts, 1.0), class_names, minority
-            ),
-        },
+        "rule": "argmax_c logit_c - tau * log(prior_c), prior = training class frequencies"
     }
-    if tune is not None:
-        scores = [
-            (
-                float(balanced_accuracy_score(tune.labels, _adjusted(tune, train_counts, tau))),
-                -abs(tau - 1),
-                tau,
-            )
-            for tau in TAU_GRID
-        ]
-        best = max(scores)
-        result["tau_validation"] = {
-            "tau": best[2],
-            "validation_balanced_accuracy": best[0],
-            **decision_summary(
-                pred.labels, _adjusted(pred, train_counts, best[2]), class_names, minority
-            ),
-        }
+    for name, rule in decision_rules(pred, train_counts, tune).items():
+        summary = decision_summary(pred.labels, rule.decisions, class_names, minority)
+        if name != "argmax":
+            summary = {"tau": rule.tau, **summary}
+        if rule.validation_balanced_accuracy is not None:
+            summary["validation_balanced_accuracy"] = rule.validation_balanced_accuracy
+        result[name] = summary
     return result
 
 

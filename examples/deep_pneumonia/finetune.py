@@ -72,6 +72,7 @@ def build_net(cfg: Config, backbone: Backbone, num_classes: int) -> DeepPneumoni
             backbone.channels[cfg.feature_stage - 1],
             mode=cfg.attention_mode,
             residual=cfg.attention_residual,
+            gate_gradient=cfg.attention_gate_gradient,
             threshold=cfg.attention_threshold,
             teacher_forcing=cfg.teacher_forcing,
             initial_attention=cfg.initial_attention,
@@ -202,9 +203,19 @@ def finetune(
 def _say_if_unguided(cfg: Config, splits: DataSplits, rt: Runtime) -> None:
     if not (cfg.attention and rt.is_main):
         return
-    if not any(bool(splits.train[i]["mask_valid"]) for i in range(len(splits.train))):
+    masks = any(bool(splits.train[i]["mask_valid"]) for i in range(len(splits.train)))
+    if masks and cfg.guidance_weight > 0:
+        return
+    why = "no training image has a lesion mask" if not masks else "guidance_weight is 0"
+    if not cfg.attention_gate_gradient:
         print(
-            "no training image has a lesion mask: the attention is trained without guidance "
+            f"{why} and attention_gate_gradient is false: nothing trains the attention "
+            f"scorer, its map stays near initial_attention ({cfg.initial_attention}); "
+            "consider --no-attention or --set attention_gate_gradient=true"
+        )
+    else:
+        print(
+            f"{why}: the attention is trained without guidance "
             f"(gate mode {cfg.attention_mode!r}, residual {cfg.attention_residual}); "
             "consider --no-attention or --set attention_mode=soft --set attention_residual=true"
         )
