@@ -32,6 +32,7 @@ its data folder is absent.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -158,7 +159,7 @@ def phantom_table(
     tests: dict[int, PhantomDataset],
     methods: Sequence[str],
     clock: float,
-) -> None:
+) -> list[dict[str, Scores]]:
     """Print the table of the phantom with training imbalance ``name``."""
     runs = []
     for seed in seeds:
@@ -180,9 +181,12 @@ def phantom_table(
         f" test images per seed ({counts} per class); minority = covid19:\n"
     )
     print("\n".join(summarise(runs)), flush=True)
+    return runs
 
 
-def hannover_table(base: Config, seeds: list[int], methods: Sequence[str], clock: float) -> None:
+def hannover_table(
+    base: Config, seeds: list[int], methods: Sequence[str], clock: float
+) -> list[dict[str, Scores]]:
     """Print the table of the Hannover ICU task (no masks: no attention, no regulariser)."""
     real = base.replace(
         data="hannover", data_options={"root": str(HANNOVER)}, attention=False, regularizer=False
@@ -203,9 +207,12 @@ def hannover_table(base: Config, seeds: list[int], methods: Sequence[str], clock
         f" {splits.class_names[int(np.argmin(splits.train.class_counts()))]}:\n"
     )
     print("\n".join(summarise(runs)), flush=True)
+    return runs
 
 
-def covid_cxr_table(base: Config, seeds: list[int], methods: Sequence[str], clock: float) -> None:
+def covid_cxr_table(
+    base: Config, seeds: list[int], methods: Sequence[str], clock: float
+) -> list[dict[str, Scores]]:
     """Print the cross-validated table of covid-cxr-segmentations' aetiology task.
 
     Per seed, every image is tested once over the patient-grouped folds; the scores are
@@ -254,6 +261,7 @@ def covid_cxr_table(base: Config, seeds: list[int], methods: Sequence[str], cloc
         f" settings: the covid_cxr preset without pre-training, {COVID_CXR_BENCH}:\n"
     )
     print("\n".join(summarise(runs)), flush=True)
+    return runs
 
 
 def progress(what: str, rows: dict[str, Scores], clock: float) -> None:
@@ -275,6 +283,7 @@ def main() -> None:
     parser.add_argument("--covid-cxr-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path, help="also write every run's scores here")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.test_images, args.tables = args.seeds[:2], 500, ["phantom-60"]
@@ -282,6 +291,7 @@ def main() -> None:
     base = preset("quick", **{"pretrain": False, "progress": False, "device": "cpu", **changes})
     clock = time.perf_counter()
     tests: dict[int, PhantomDataset] = {}
+    results: dict[str, Any] = {}
     for table in args.tables:
         if table.startswith("phantom"):
             if not tests:
@@ -289,16 +299,21 @@ def main() -> None:
                     s: fresh_test_set(s, args.test_images, base.image_size) for s in args.seeds
                 }
             name = "60/25/10/5" if table == "phantom-60" else "80/15/4/1"
-            phantom_table(base, name, args.seeds, tests, args.methods, clock)
+            runs = phantom_table(base, name, args.seeds, tests, args.methods, clock)
+            results[table] = {"seeds": args.seeds, "runs": runs}
         elif table == "hannover":
             if (HANNOVER / "data.csv").is_file():
-                hannover_table(base, args.hannover_seeds, args.methods, clock)
+                runs = hannover_table(base, args.hannover_seeds, args.methods, clock)
+                results[table] = {"seeds": args.hannover_seeds, "runs": runs}
             else:
                 print(f"\nHannover table skipped: {HANNOVER} is absent.")
         elif (COVID_CXR / "README.md").is_file():
-            covid_cxr_table(base, args.covid_cxr_seeds, args.methods, clock)
+            runs = covid_cxr_table(base, args.covid_cxr_seeds, args.methods, clock)
+            results[table] = {"seeds": args.covid_cxr_seeds, "runs": runs}
         else:
             print(f"\ncovid-cxr-segmentations table skipped: {COVID_CXR} is absent.")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"columns": [*COLUMNS, "dominant share"], **results}))
     print(f"\nTotal time {time.perf_counter() - clock:.0f} s.")
 
 
