@@ -27,6 +27,13 @@ its data folder is absent.
     python benchmarks/bench_imbalance.py              # seeds 11-15, every table
     python benchmarks/bench_imbalance.py --tables phantom-60 phantom-80   # one process each
     python benchmarks/bench_imbalance.py --quick      # 2 seeds, 60/25/10/5 only, 500 test images
+
+``--json PATH`` also writes every run's scores; ``--compare A.json:cb B.json`` (no
+training) pairs every row of B with A's row ``cb`` seed by seed, e.g. two gates:
+
+    python benchmarks/bench_imbalance.py --tables phantom-60 --json hard.json
+    python benchmarks/bench_imbalance.py --tables phantom-60 --json soft.json --set attention_mode=soft ...
+    python benchmarks/bench_imbalance.py --compare hard.json:cb soft.json
 """
 
 from __future__ import annotations
@@ -118,13 +125,32 @@ def score_rows(rows: Decisions, class_names: list[str], minority: int) -> dict[s
     return {name: scores(*pair, class_names, minority) for name, pair in rows.items()}
 
 
-def summarise(runs: list[dict[str, Scores]]) -> list[str]:
-    """Markdown rows: mean ± std of each column, then the paired difference to CE."""
+def paired_cell(diffs: np.ndarray) -> str:
+    """Mean of paired differences and its 95 % t interval over the seeds."""
+    half = (
+        stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+        if len(diffs) > 1
+        else float("nan")
+    )
+    return f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
+
+
+def summarise(
+    runs: list[dict[str, Scores]],
+    reference: list[dict[str, Scores]] | None = None,
+    row: str = "ce",
+    label: str = "CE",
+) -> list[str]:
+    """Markdown rows: mean ± std of each column, then the paired difference to row ``row``
+    of ``reference`` (by default, of ``runs`` themselves), seed by seed."""
+    reference = runs if reference is None else reference
+    if len(reference) != len(runs):
+        raise ValueError(f"{len(runs)} runs against {len(reference)} reference runs")
     lines = [
         "| method | "
         + " | ".join(COLUMNS)
         + " | "
-        + " | ".join(f"Δ {c} vs CE [95 % CI]" for c in COLUMNS)
+        + " | ".join(f"Δ {c} vs {label} [95 % CI]" for c in COLUMNS)
         + " | collapsed |",
         "|---" * (2 * len(COLUMNS) + 2) + "|",
     ]
@@ -135,21 +161,36 @@ def summarise(runs: list[dict[str, Scores]]) -> list[str]:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
         for i in range(len(COLUMNS)):
-            diffs = np.array([run[method][i] - run["ce"][i] for run in runs])
-            if method == "ce":
+            if reference is runs and method == row:
                 cells.append("—")
                 continue
-            half = (
-                stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
-                if len(diffs) > 1
-                else float("nan")
-            )
-            cells.append(
-                f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
-            )
+            diffs = np.array([run[method][i] - ref[row][i] for run, ref in zip(runs, reference)])
+            cells.append(paired_cell(diffs))
         collapsed = sum(run[method][3] >= COLLAPSE for run in runs)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {collapsed}/{len(runs)} |")
     return lines
+
+
+def compare(files: list[str]) -> None:
+    """Print the runs of ``OTHER.json`` paired with one row of ``REFERENCE.json:ROW``.
+
+    Both files come from ``--json`` runs of the same table and seeds (for example, two
+    gates); the table is the first one both files hold.
+    """
+    reference_file, row = files[0].rsplit(":", 1) if ":" in files[0] else (files[0], "ce")
+    other_file = files[1]
+    first, second = (
+        json.loads(Path(reference_file).read_text()),
+        json.loads(Path(other_file).read_text()),
+    )
+    table = next(t for t in first if t != "columns" and t in second)
+    if first[table]["seeds"] != second[table]["seeds"]:
+        raise ValueError(f"seeds differ: {first[table]['seeds']} vs {second[table]['seeds']}")
+    print(
+        f"{table}, seeds {first[table]['seeds']}: {other_file} against {reference_file}, row {row!r}\n"
+    )
+    lines = summarise(second[table]["runs"], first[table]["runs"], row, f"reference {row}")
+    print("\n".join(lines))
 
 
 def phantom_table(
@@ -284,7 +325,16 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, help="also write every run's scores here")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("REFERENCE.json[:ROW]", "OTHER.json"),
+        help="no training: pair OTHER's rows with REFERENCE's row ROW (default ce), seed by seed",
+    )
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
     if args.quick:
         args.seeds, args.test_images, args.tables = args.seeds[:2], 500, ["phantom-60"]
     changes = dict(parse_assignment(item) for item in args.set)
