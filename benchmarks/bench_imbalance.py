@@ -244,8 +244,7 @@ def hannover_table(
     print(
         f"\nHannover ICU task, no attention/regulariser, seeds {seeds} (each its own"
         f" patient-grouped split; test images of the last: {np.bincount(splits.test.targets).tolist()}"
-        f" {splits.class_names}); minority ="
-        f" {splits.class_names[int(np.argmin(splits.train.class_counts()))]}:\n"
+        f" {splits.class_names}); minority = {splits.class_names[minority]}:\n"
     )
     print("\n".join(summarise(runs)), flush=True)
     return runs
@@ -280,19 +279,14 @@ def covid_cxr_table(
             )
             for name, pair in run_methods(cfg, splits, splits.test, methods).items():
                 pooled.setdefault(name, []).append(pair)
-        totals = [
-            a + b + c
-            for a, b, c in zip(
-                splits.train.class_counts(),
-                np.bincount(splits.val.targets, minlength=4).tolist(),
-                np.bincount(splits.test.targets, minlength=4).tolist(),
-            )
-        ]
-        minority = int(np.argmin(totals))
         rows = {
             name: (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
             for name, pairs in pooled.items()
         }
+        # The folds' test splits together hold every image once.
+        labels = next(iter(rows.values()))[0]
+        totals = np.bincount(labels, minlength=len(splits.class_names)).tolist()
+        minority = int(np.argmin(totals))
         runs.append(score_rows(rows, splits.class_names, minority))
         progress(f"covid-cxr seed {seed}", runs[-1], clock)
     print(

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,8 +30,7 @@ from examples.deep_pneumonia.config import Config, parse_assignment, preset
 from examples.deep_pneumonia.data import build_datasets
 from examples.deep_pneumonia.evaluate import predict
 from examples.deep_pneumonia.finetune import finetune
-from examples.deep_pneumonia.model import DeepPneumoniaNet
-from examples.deep_pneumonia.training import Runtime, make_loader, seed_everything, setup_runtime
+from examples.deep_pneumonia.training import seed_everything, setup_runtime
 
 COLLAPSE = 0.95
 
@@ -43,21 +41,6 @@ def seed_range(text: str) -> list[int]:
         low, high = (int(x) for x in text.split("-"))
         return list(range(low, high + 1))
     return [int(x) for x in text.split(",")]
-
-
-@torch.no_grad()
-def closed_gate_fraction(net: DeepPneumoniaNet, dataset: object, rt: Runtime) -> float | None:
-    """Fraction of images whose hard gate is 0 everywhere (``None`` without a hard gate)."""
-    attention = net.attention
-    if attention is None or attention.mode != "hard" or attention.residual:
-        return None
-    net.eval()
-    closed = []
-    for batch in make_loader(dataset, 64, rt, train=False):  # type: ignore[arg-type]
-        out = net(batch["image"].to(rt.device))
-        assert out.attention is not None
-        closed.append(out.attention.flatten(1).amax(dim=1) < attention.threshold)
-    return float(torch.cat(closed).float().mean())
 
 
 def one_run(cfg: Config, out: Path) -> dict[str, float | None]:
@@ -73,7 +56,7 @@ def one_run(cfg: Config, out: Path) -> dict[str, float | None]:
         "dominant_share": float(shares.max()),
         "dominant_class": float(shares.argmax()),
         "balanced_accuracy": float(np.mean(recall)),
-        "closed_gate": closed_gate_fraction(net, splits.test, rt),
+        "closed_gate": None if pred.gate_closed is None else float(pred.gate_closed.mean()),
         "best_val_macro_f1": max(h["val_macro_f1"] for h in history),
     }
 

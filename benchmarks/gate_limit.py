@@ -27,10 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.metrics import balanced_accuracy_score, f1_score
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,24 +34,9 @@ from bench_imbalance import fresh_test_set
 
 from examples.deep_pneumonia.config import parse_assignment, preset
 from examples.deep_pneumonia.data import build_datasets
+from examples.deep_pneumonia.evaluate import decision_summary, predict
 from examples.deep_pneumonia.finetune import finetune
-from examples.deep_pneumonia.model import DeepPneumoniaNet
-from examples.deep_pneumonia.training import Runtime, make_loader, seed_everything, setup_runtime
-
-
-@torch.no_grad()
-def logits_and_peaks(
-    net: DeepPneumoniaNet, dataset: object, rt: Runtime
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``[N, K]`` and the attention map's maximum ``[N]`` of every image."""
-    net.eval()
-    logits, peaks = [], []
-    for batch in make_loader(dataset, 256, rt, train=False):  # type: ignore[arg-type]
-        out = net(batch["image"].to(rt.device))
-        assert out.attention is not None
-        logits.append(out.logits.float())
-        peaks.append(out.attention.flatten(1).amax(dim=1))
-    return torch.cat(logits).numpy(), torch.cat(peaks).numpy()
+from examples.deep_pneumonia.training import seed_everything, setup_runtime
 
 
 def one_seed(seed: int, thresholds: list[float], test_images: int, changes: dict) -> dict:
@@ -70,17 +51,17 @@ def one_seed(seed: int, thresholds: list[float], test_images: int, changes: dict
     with tempfile.TemporaryDirectory() as folder:
         net, _ = finetune(None, cfg, splits, rt, Path(folder))
     assert net.attention is not None
-    labels = np.asarray(test.targets)
     rows = {}
     for theta in thresholds:
         net.attention.threshold = theta
-        logits, peaks = logits_and_peaks(net, test, rt)
-        predicted = logits.argmax(axis=1)
+        pred = predict(net, test, rt, 256)
+        assert pred.gate_closed is not None
+        summary = decision_summary(pred.labels, pred.predicted, splits.class_names, minority=3)
         rows[theta] = {
-            "closed": [float((peaks[labels == c] < theta).mean()) for c in range(4)],
-            "recall": [float((predicted[labels == c] == c).mean()) for c in range(4)],
-            "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+            "closed": [float(pred.gate_closed[pred.labels == c].mean()) for c in range(4)],
+            "recall": list(summary["recall"].values()),
+            "balanced_accuracy": summary["balanced_accuracy"],
+            "macro_f1": summary["macro_f1"],
         }
     return {"rows": rows, "class_names": splits.class_names}
 
