@@ -9,11 +9,12 @@ al., 2020) are the usual remedy.
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 
 import torch
 
-__all__ = ["warmup_cosine", "warmup_cosine_scheduler"]
+__all__ = ["replay", "warmup_cosine", "warmup_cosine_scheduler"]
 
 
 def warmup_cosine(
@@ -105,8 +106,19 @@ def warmup_cosine_scheduler(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, final_scale)
     )
+    return replay(scheduler, start)
+
+
+Scheduler = typing.TypeVar("Scheduler", bound=torch.optim.lr_scheduler.LRScheduler)
+
+
+def replay(scheduler: Scheduler, start: int) -> Scheduler:
+    """``scheduler`` stepped ``start`` times without optimiser steps: a resumed run's position.
+
+    PyTorch warns when a scheduler steps before its optimiser; here that is by design,
+    so the warning is silenced for these steps only.
+    """
     with warnings.catch_warnings():
-        # Replaying the schedule up to ``start`` takes no optimiser steps, by design.
         warnings.filterwarnings(
             "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
         )

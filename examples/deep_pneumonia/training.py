@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from contrast_attn.distributed import all_reduce_sum, rank_and_world_size
 
 from .config import Config
+from .schedule import replay
 
 __all__ = [
     "Runtime",
@@ -238,11 +238,4 @@ def cosine_schedule(
     for group in optimizer.param_groups:
         group["lr"] = group.get("initial_lr", group["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    with warnings.catch_warnings():
-        # Replaying the schedule up to ``start`` takes no optimiser steps, by design.
-        warnings.filterwarnings(
-            "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
-        )
-        for _ in range(start):
-            scheduler.step()
-    return scheduler
+    return replay(scheduler, start)
