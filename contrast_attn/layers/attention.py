@@ -81,7 +81,8 @@ class MaskGuidedAttention(nn.Module):
 
     Raises:
         TypeError: Bad argument types at construction (``residual`` or
-            ``gate_gradient`` not a bool, non-int sizes); in the call, non-tensor or non-floating ``features``.
+            ``gate_gradient`` not a bool, non-int sizes); in the call, non-tensor or
+            non-floating ``features``.
         ValueError: ``mode`` unknown, ``threshold`` or ``initial_attention`` outside (0, 1),
             ``teacher_forcing`` outside [0, 1], non-positive sizes, an even
             ``kernel_size`` or ``spatial_dims`` not 2 or 3; in the call, ``features``

@@ -365,7 +365,7 @@ def adjusted_decisions(pred: Predictions, train_counts: list[int], tau: float) -
 
 
 class DecisionRule(NamedTuple):
-    """One decision rule's :math:`\tau`, its decisions, and (when tuned) its validation score."""
+    r"""One decision rule's :math:`\tau`, its decisions, and (when tuned) its validation score."""
 
     tau: float
     decisions: np.ndarray
